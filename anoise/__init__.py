@@ -1,0 +1,27 @@
+"""anoise: adaptive noise injection for stochastic student networks.
+
+Gaussian noise whose scale follows each channel's mini-batch statistics, injected into an
+existing deterministic network (Tan, Elovici and Binder, "Adaptive Noise Injection for Training
+Stochastic Student Networks from Deterministic Teachers", ICPR 2020).
+"""
+
+from . import functional
+from .backends import BackendInfo, backends
+from .convert import calibrate, ensemble_predict, noise_layers, set_alpha, to_stochastic
+from .modules import AdaptiveNoise, AdaptiveNoiseConv2d, AdaptiveNoiseLinear
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdaptiveNoise",
+    "AdaptiveNoiseConv2d",
+    "AdaptiveNoiseLinear",
+    "BackendInfo",
+    "backends",
+    "calibrate",
+    "ensemble_predict",
+    "functional",
+    "noise_layers",
+    "set_alpha",
+    "to_stochastic",
+]

@@ -1,0 +1,220 @@
+"""Functional API: :func:`adaptive_noise`."""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+from torch import Tensor
+
+from . import backends as _backends
+from . import ops as _ops
+from . import reference as _ref
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_SEED_MAX = 2**64 - 1
+
+
+def adaptive_noise(
+    x: Tensor,
+    alpha: float | Tensor,
+    *,
+    running_var: Tensor | None = None,
+    num_batches_tracked: Tensor | None = None,
+    training: bool = True,
+    momentum: float | None = 0.1,
+    eps: float = 1e-5,
+    stats_grad: bool = True,
+    seed: int | None = None,
+    backend: str = "auto",
+    sync_stats: bool = False,
+    process_group=None,
+) -> Tensor:
+    """Inject Gaussian noise scaled by each channel's standard deviation.
+
+    ``y = x + alpha_c * sigma_c * eps`` with ``eps ~ N(0, 1)`` drawn per element from the
+    Philox stream of ``seed`` and ``sigma_c = sqrt(var_c + eps)`` (SPEC section 2).
+
+    Args:
+        x: ``(N, C, *S)`` floating tensor; the channel dim is 1.
+        alpha: degree of stochasticity: a float >= 0, or a tensor of shape ``()`` or ``(C,)``.
+        running_var: ``(C,)`` float32 buffer.  When ``training``, it is updated in place the way
+            ``nn.BatchNorm`` updates its ``running_var``; when not ``training``, ``sigma`` is
+            taken from it (so one sample's noise does not depend on its batch).  Without it,
+            ``sigma`` always comes from the current batch.
+        num_batches_tracked: int64 scalar buffer, incremented when ``running_var`` is updated;
+            required when ``momentum`` is None (cumulative average).
+        training: whether to use (and update) batch statistics.
+        momentum: running-variance momentum, or None for a cumulative average.
+        eps: added to the variance before the square root.
+        stats_grad: differentiate through ``sigma`` (True) or treat it as a constant (False).
+        seed: the noise seed, an int in ``[0, 2**64)``.  Default: a fresh one from the PyTorch
+            generator of ``x``'s device, so ``torch.manual_seed`` reproduces a run.
+        backend: ``"auto"``, ``"reference"``, ``"triton"``, ``"cuda"`` or ``"cpu"``.
+        sync_stats, process_group: take batch statistics over all ranks of a process group.
+
+    Returns:
+        A tensor like ``x``.  With a float ``alpha == 0`` this is ``x`` itself.
+    """
+    _check_input(x)
+    C = x.shape[1]
+    alpha_is_zero = _check_alpha(alpha, C)
+    _check_options(x, running_var, num_batches_tracked, momentum, eps, seed)
+    if sync_stats:
+        raise ValueError(
+            "sync_stats=True is not supported yet: statistics are taken on this process only"
+        )
+    use_batch_stats = training or running_var is None
+    update_running = training and running_var is not None
+    name = _backends.resolve(backend, x.device)
+    M = x.numel() // C if C else 0
+    if x.numel() == 0:
+        return x.clone()
+    if use_batch_stats and M == 1:
+        warnings.warn(
+            "adaptive_noise: one value per channel in batch mode: the variance is 0, so "
+            "sigma = sqrt(eps), and the running variance is not updated",
+            stacklevel=2,
+        )
+    if alpha_is_zero:
+        if update_running:
+            _update_running(running_var, num_batches_tracked, _ref.batch_stats(x)[1], M, momentum)
+        return x
+
+    sdtype = _ref.stat_dtype(x.dtype)
+    alpha_c = _per_channel_alpha(alpha, C, sdtype, x.device)
+    seed_t = _seed_tensor(seed, x)
+    if use_batch_stats:
+        if name == "reference":
+            y, _, var = _ref.adaptive_noise_batch(x, alpha_c, _seed_int(seed_t), eps, stats_grad)
+        else:
+            y, _, var = _ops.forward_batch(x, alpha_c, seed_t, float(eps), stats_grad, name)
+        if update_running:
+            _update_running(running_var, num_batches_tracked, var, M, momentum)
+        return y
+    scale = alpha_c * torch.sqrt(running_var.to(sdtype) + eps)
+    if name == "reference":
+        return _ref.adaptive_noise_scaled(x, scale, _seed_int(seed_t))
+    return _ops.forward_scaled(x, scale, seed_t, name)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _seed_tensor(seed: int | None, x: Tensor) -> Tensor:
+    if seed is None:
+        return _ops.draw_seed(x)
+    signed = seed - 2**64 if seed >= 2**63 else seed  # same 64 bits, as int64
+    return torch.tensor([signed], dtype=torch.int64, device=x.device)
+
+
+def _seed_int(seed_t: Tensor) -> int:
+    return int(seed_t.item()) & _SEED_MAX
+
+
+@torch.no_grad()
+def _update_running(running_var, num_batches_tracked, var, M, momentum):
+    """``running_var`` as ``nn.BatchNorm`` updates it, with the unbiased batch variance."""
+    if num_batches_tracked is not None:
+        num_batches_tracked.add_(1)
+    if M <= 1:
+        return
+    factor = 1.0 / float(num_batches_tracked) if momentum is None else momentum
+    unbiased = var.to(running_var.dtype) * (M / (M - 1))
+    running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
+
+
+def _per_channel_alpha(alpha, C: int, dtype: torch.dtype, device) -> Tensor:
+    """``alpha`` as a contiguous ``(C,)`` tensor (differentiable when ``alpha`` is)."""
+    if not isinstance(alpha, Tensor):
+        return torch.full((C,), float(alpha), dtype=dtype, device=device)
+    return alpha.to(device=device, dtype=dtype).expand(C).contiguous()
+
+
+def _check_input(x) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(
+            f"x must have a floating dtype (float16, bfloat16, float32 or float64), got {x.dtype}"
+        )
+    if x.dim() < 2:
+        raise ValueError(
+            f"x must have at least 2 dims (N, C, *S) with channels in dim 1, got shape "
+            f"{tuple(x.shape)}"
+        )
+
+
+def _check_alpha(alpha, C: int) -> bool:
+    """Validate ``alpha``; True when it is a Python number equal to 0."""
+    if isinstance(alpha, bool) or not isinstance(alpha, (numbers.Real, Tensor)):
+        raise TypeError(f"alpha must be a float or a tensor, got {type(alpha).__name__}")
+    if isinstance(alpha, Tensor):
+        if not alpha.is_floating_point():
+            raise TypeError(f"alpha must be a floating tensor, got dtype {alpha.dtype}")
+        if alpha.shape not in ((), (C,)):
+            raise ValueError(
+                f"alpha must be a scalar or have shape ({C},) (one per channel), got shape "
+                f"{tuple(alpha.shape)}"
+            )
+        if _can_inspect_values(alpha):
+            a = alpha.detach()
+            if torch.isnan(a).any():
+                raise ValueError("alpha must not be NaN")
+            if (a < 0).any():
+                raise ValueError(f"alpha must be >= 0, got min {a.min().item():g}")
+        return False
+    alpha = float(alpha)
+    if math.isnan(alpha):
+        raise ValueError("alpha must not be NaN")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha:g}")
+    return alpha == 0.0
+
+
+def _can_inspect_values(t: Tensor) -> bool:
+    """Value checks read the tensor on the host: skipped while tracing or capturing a graph."""
+    if torch.compiler.is_compiling():
+        return False
+    if t.is_cuda and torch.cuda.is_current_stream_capturing():
+        return False
+    return t.device.type != "meta"
+
+
+def _check_options(x, running_var, num_batches_tracked, momentum, eps, seed) -> None:
+    C = x.shape[1]
+    if running_var is not None:
+        if not isinstance(running_var, Tensor):
+            raise TypeError(f"running_var must be a tensor, got {type(running_var).__name__}")
+        if running_var.shape != (C,):
+            raise ValueError(
+                f"running_var must have shape ({C},) to match x's {C} channels, got "
+                f"{tuple(running_var.shape)}"
+            )
+        if running_var.device != x.device:
+            raise ValueError(
+                f"running_var is on {running_var.device} but x is on {x.device}; move both to "
+                "one device"
+            )
+        if not running_var.is_floating_point():
+            raise TypeError(f"running_var must be a floating tensor, got {running_var.dtype}")
+    if num_batches_tracked is not None and not isinstance(num_batches_tracked, Tensor):
+        raise TypeError("num_batches_tracked must be a tensor (an int64 buffer) or None")
+    if momentum is None:
+        if running_var is not None and num_batches_tracked is None:
+            raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    elif isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"momentum must be a float or None, got {type(momentum).__name__}")
+    elif not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 (it keeps sigma finite), got {eps}")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+        if not 0 <= seed <= _SEED_MAX:
+            raise ValueError(f"seed must be in [0, 2**64), got {seed}")

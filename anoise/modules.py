@@ -1,0 +1,202 @@
+"""Drop-in modules: :class:`AdaptiveNoise` and conv / linear layers followed by it."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from . import functional as AF
+from .backends import BACKEND_NAMES
+
+_EVAL_STATS = ("running", "batch")
+
+
+class AdaptiveNoise(nn.Module):
+    """``y = x + alpha * sigma_c * eps``: Gaussian noise scaled by each channel's std.
+
+    In training, ``sigma_c`` comes from the batch and ``running_var`` is updated like
+    ``nn.BatchNorm``'s.  In eval, the noise stays on (``noise_in_eval=True``) with ``sigma_c``
+    from ``running_var`` (``eval_stats="running"``) or from the batch (``"batch"``).
+
+    Args:
+        num_channels: C of an ``(N, C, *S)`` input.
+        alpha: degree of stochasticity, >= 0.
+        learnable_alpha: make ``alpha`` an ``nn.Parameter`` (as in PNI).
+        per_channel_alpha: one ``alpha`` per channel instead of one scalar.
+        eval_stats, noise_in_eval, momentum, eps, stats_grad, backend: see above and
+            :func:`anoise.functional.adaptive_noise`.
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        alpha: float = 0.1,
+        *,
+        learnable_alpha: bool = False,
+        per_channel_alpha: bool = False,
+        eval_stats: str = "running",
+        noise_in_eval: bool = True,
+        momentum: float | None = 0.1,
+        eps: float = 1e-5,
+        stats_grad: bool = True,
+        backend: str = "auto",
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
+            raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
+        if eval_stats not in _EVAL_STATS:
+            raise ValueError(f"eval_stats must be one of {_EVAL_STATS}, got {eval_stats!r}")
+        if backend != "auto" and backend not in BACKEND_NAMES:
+            raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
+        AF._check_alpha(alpha, num_channels)
+        self.num_channels = num_channels
+        self.eval_stats = eval_stats
+        self.noise_in_eval = noise_in_eval
+        self.momentum = momentum
+        self.eps = eps
+        self.stats_grad = stats_grad
+        self.backend = backend
+        self.learnable_alpha = learnable_alpha
+        self.per_channel_alpha = per_channel_alpha
+        if learnable_alpha or per_channel_alpha:
+            shape = (num_channels,) if per_channel_alpha else ()
+            value = torch.full(shape, float(alpha), device=device, dtype=dtype)
+            if learnable_alpha:
+                self.alpha = nn.Parameter(value)
+            else:
+                self.register_buffer("alpha", value)
+        else:
+            self.alpha = float(alpha)
+        self.register_buffer("running_var", torch.ones(num_channels, device=device))
+        self.register_buffer(
+            "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(x, Tensor) and x.dim() >= 2 and x.shape[1] != self.num_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects {self.num_channels} channels in dim 1, got input "
+                f"of shape {tuple(x.shape)}"
+            )
+        if not self.training and not self.noise_in_eval:
+            return x
+        use_running = self.training or self.eval_stats == "running"
+        return AF.adaptive_noise(
+            x,
+            self.alpha,
+            running_var=self.running_var if use_running else None,
+            num_batches_tracked=self.num_batches_tracked if use_running else None,
+            training=self.training,
+            momentum=self.momentum,
+            eps=self.eps,
+            stats_grad=self.stats_grad,
+            backend=self.backend,
+        )
+
+    def reset_running_stats(self) -> None:
+        self.running_var.fill_(1)
+        self.num_batches_tracked.zero_()
+
+    def extra_repr(self) -> str:
+        alpha = self.alpha if isinstance(self.alpha, float) else f"tensor{tuple(self.alpha.shape)}"
+        return (
+            f"{self.num_channels}, alpha={alpha}, learnable_alpha={self.learnable_alpha}, "
+            f"eval_stats={self.eval_stats!r}, noise_in_eval={self.noise_in_eval}, "
+            f"momentum={self.momentum}, eps={self.eps}, stats_grad={self.stats_grad}, "
+            f"backend={self.backend!r}"
+        )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        # A teacher's state_dict has no noise state: missing entries keep their defaults.
+        missing_keys = args[2]  # (local_metadata, strict, missing_keys, ...)
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        own = {prefix + name for name in ("alpha", "running_var", "num_batches_tracked")}
+        missing_keys[:] = [k for k in missing_keys if k not in own]
+
+
+class _NoiseAfter:
+    """Shared by the conv / linear twins: the wrapped layer's output goes through ``noise``."""
+
+    noise: AdaptiveNoise
+
+    def _init_noise(self, channels, alpha, noise_options, device, dtype):
+        self.noise = AdaptiveNoise(channels, alpha, device=device, dtype=dtype, **noise_options)
+
+    @classmethod
+    def from_module(cls, module, alpha: float = 0.1, **noise_options):
+        """The stochastic twin of ``module`` with its weights copied (teacher-initialisation)."""
+        base = cls.__mro__[2]  # nn.Conv2d or nn.Linear
+        if not isinstance(module, base):
+            raise TypeError(f"{cls.__name__}.from_module expects an {base.__name__}, got "
+                            f"{type(module).__name__}")
+        student = cls(
+            **cls._constructor_args(module),
+            device=module.weight.device,
+            dtype=module.weight.dtype,
+            alpha=alpha,
+            **noise_options,
+        )
+        with torch.no_grad():
+            student.weight.copy_(module.weight)
+            if module.bias is not None:
+                student.bias.copy_(module.bias)
+        student.weight.requires_grad_(module.weight.requires_grad)
+        if module.bias is not None:
+            student.bias.requires_grad_(module.bias.requires_grad)
+        student.train(module.training)
+        return student
+
+
+class AdaptiveNoiseConv2d(_NoiseAfter, nn.Conv2d):
+    """``nn.Conv2d`` followed by :class:`AdaptiveNoise` over its output channels.
+
+    Takes every ``nn.Conv2d`` argument plus ``alpha`` and the noise options of
+    :class:`AdaptiveNoise`; a ``Conv2d``'s ``state_dict`` loads into it.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None, *,
+                 alpha: float = 0.1, **noise_options):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                         groups, bias, padding_mode, device, dtype)
+        self._init_noise(out_channels, alpha, noise_options, device, dtype)
+
+    @staticmethod
+    def _constructor_args(conv: nn.Conv2d) -> dict:
+        return dict(in_channels=conv.in_channels, out_channels=conv.out_channels,
+                    kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                    dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                    padding_mode=conv.padding_mode)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.noise(super().forward(x))
+
+
+class AdaptiveNoiseLinear(_NoiseAfter, nn.Linear):
+    """``nn.Linear`` followed by :class:`AdaptiveNoise` over its output features.
+
+    Takes every ``nn.Linear`` argument plus ``alpha`` and the noise options of
+    :class:`AdaptiveNoise`.  Inputs of shape ``(N, in_features)``: the noise statistics are
+    taken per output feature over the batch.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
+                 alpha: float = 0.1, **noise_options):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self._init_noise(out_features, alpha, noise_options, device, dtype)
+
+    @staticmethod
+    def _constructor_args(linear: nn.Linear) -> dict:
+        return dict(in_features=linear.in_features, out_features=linear.out_features,
+                    bias=linear.bias is not None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = super().forward(x)
+        if y.dim() != 2:
+            raise ValueError(
+                f"AdaptiveNoiseLinear expects input of shape (N, {self.in_features}), got "
+                f"{tuple(x.shape)}"
+            )
+        return self.noise(y)

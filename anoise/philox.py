@@ -1,0 +1,94 @@
+"""The noise stream of anoise: Triton's ``tl.randn(seed, i)`` in plain PyTorch integer ops.
+
+Every backend draws ``eps`` for the element at logical row-major index ``i`` of a call with
+64-bit ``seed`` as Philox4x32-10 on the counter ``(i_lo, i_hi, 0, 0)`` and the key
+``(seed_lo, seed_hi)``, followed by Triton's uniform and Box-Muller steps.  This module is the
+readable definition; the fused kernels in ``kernels/`` and ``csrc/`` implement the same stream.
+
+The 32-bit words are held in int64 tensors.  A 32x32-bit product does not fit in int64, so
+:func:`_mulhilo` splits one factor into 16-bit halves so that no intermediate exceeds 2**49.
+"""
+
+from __future__ import annotations
+
+import torch
+
+PHILOX_ROUND_A = 0xD2511F53
+PHILOX_ROUND_B = 0xCD9E8D57
+PHILOX_KEY_A = 0x9E3779B9
+PHILOX_KEY_B = 0xBB67AE85
+N_ROUNDS = 10
+MASK32 = 0xFFFFFFFF
+UNIFORM_SCALE = 4.6566127342e-10  # largest s with (2**31 - 1) * s < 1 in float32
+TWO_PI = 6.2831855  # float32(2 * pi)
+MIN_U1 = 1e-7
+SEED_MAX = 2**64 - 1
+
+
+def _mulhilo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """High and low 32-bit words of ``a * b`` for ``a`` (int64 tensor) and ``b`` below 2**32."""
+    a_hi, a_lo = a >> 16, a & 0xFFFF
+    lo_prod = a_lo * b  # < 2**48
+    t = a_hi * b + (lo_prod >> 16)  # == (a * b) >> 16, < 2**49
+    return t >> 16, ((t & 0xFFFF) << 16) | (lo_prod & 0xFFFF)
+
+
+def philox_words(seed: int, offsets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The four Philox4x32-10 output words (as int64 in ``[0, 2**32)``) for each offset.
+
+    ``offsets`` is an int64 tensor of non-negative logical indices; ``seed`` an int in
+    ``[0, 2**64)``.  Matches Triton's ``tl.randint4x(seed, offsets)``.
+    """
+    if not 0 <= seed <= SEED_MAX:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed}")
+    offsets = offsets.to(torch.int64)
+    c0 = offsets & MASK32
+    c1 = (offsets >> 32) & MASK32
+    c2 = torch.zeros_like(c0)
+    c3 = torch.zeros_like(c0)
+    k0, k1 = seed & MASK32, seed >> 32
+    for _ in range(N_ROUNDS):
+        hi_b, lo_b = _mulhilo(c2, PHILOX_ROUND_B)
+        hi_a, lo_a = _mulhilo(c0, PHILOX_ROUND_A)
+        c0, c1, c2, c3 = hi_b ^ c1 ^ k0, lo_b, hi_a ^ c3 ^ k1, lo_a
+        k0 = (k0 + PHILOX_KEY_A) & MASK32
+        k1 = (k1 + PHILOX_KEY_B) & MASK32
+    return c0, c1, c2, c3
+
+
+def uniform_from_word(word: torch.Tensor) -> torch.Tensor:
+    """Triton's ``uint_to_uniform_float`` for 32-bit words: float32 in ``[0, 1)``."""
+    v = torch.where(word >= 2**31, word - 2**32, word)  # reinterpret as int32
+    v = torch.where(v < 0, -v - 1, v)  # ~v, in [0, 2**31)
+    return v.to(torch.float32) * torch.tensor(UNIFORM_SCALE, dtype=torch.float32)
+
+
+def box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
+    """The first output of Triton's ``pair_uniform_to_normal``, in float32."""
+    u1 = torch.clamp_min(u1, MIN_U1)
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(TWO_PI * u2)
+
+
+def philox_uniform(seed: int, offsets: torch.Tensor) -> torch.Tensor:
+    """``tl.rand(seed, offsets)``."""
+    return uniform_from_word(philox_words(seed, offsets)[0])
+
+
+def philox_normal(seed: int, offsets: torch.Tensor) -> torch.Tensor:
+    """``tl.randn(seed, offsets)``: float32 standard normals, one per offset."""
+    w0, w1, _, _ = philox_words(seed, offsets)
+    return box_muller(uniform_from_word(w0), uniform_from_word(w1))
+
+
+def noise_like(x: torch.Tensor, seed: int, chunk: int = 1 << 22) -> torch.Tensor:
+    """``eps`` for every element of ``x`` (float32, shape of ``x``, contiguous).
+
+    Element ``x[idx]`` gets ``randn(seed, i)`` with ``i`` its row-major (contiguous) index,
+    whatever ``x``'s memory layout.  Works in chunks to bound the int64 temporaries.
+    """
+    n = x.numel()
+    out = torch.empty(n, dtype=torch.float32, device=x.device)
+    for start in range(0, n, chunk):
+        idx = torch.arange(start, min(start + chunk, n), dtype=torch.int64, device=x.device)
+        out[start : start + idx.numel()] = philox_normal(seed, idx)
+    return out.view(x.shape)

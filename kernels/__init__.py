@@ -1,0 +1,3 @@
+"""Triton kernels of anoise (installed as ``anoise.kernels``)."""
+
+raise ImportError("the triton backend is not built yet")
