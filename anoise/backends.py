@@ -55,7 +55,10 @@ class _Backend:
         """None if this backend runs on tensors of ``device_type``, else the reason."""
         if device_type not in self.device_types:
             return f"backend {self.name!r} does not run on {device_type} tensors"
-        if self.name == "triton" and device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        if device_type == "cuda" and not torch.cuda.is_available():
+            return f"backend {self.name!r} needs a CUDA device (torch.cuda.is_available() is False)"
+        interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+        if self.name == "triton" and device_type == "cpu" and not interpreted:
             return "the triton backend runs on CPU tensors only under TRITON_INTERPRET=1"
         if self.module_name is not None and self.load() is None:
             return f"backend {self.name!r} failed to load ({self._error})"
@@ -79,10 +82,9 @@ def backends() -> dict[str, BackendInfo]:
 
     A backend is available when it runs on at least one device of this machine.
     """
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     out = {}
     for name, b in _BACKENDS.items():
-        reasons = [b.unusable_reason(d) for d in devices]
+        reasons = [b.unusable_reason(d) for d in ("cpu", "cuda")]
         if any(r is None for r in reasons):
             out[name] = BackendInfo(True)
         else:

@@ -47,7 +47,8 @@ def to_stochastic(
 def _replace(parent: nn.Module, prefix: str, layers, exclude, alpha, noise_options) -> None:
     for name, child in list(parent.named_children()):
         qualname = prefix + name
-        if qualname in exclude or any(isinstance(e, type) and isinstance(child, e) for e in exclude):
+        if qualname in exclude or any(isinstance(e, type) and isinstance(child, e)
+                                      for e in exclude):
             continue
         twin = next((_TWINS[t] for t in layers if type(child) is t), None)
         if twin is not None:

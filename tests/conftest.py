@@ -1,0 +1,42 @@
+"""Shared test setup.
+
+Without a GPU, Triton kernels run on CPU tensors through Triton's interpreter; it must be
+switched on before any kernel is defined, so it is set here, before anoise is imported.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# (atol, rtol) per dtype, against the reference run in float64 on the same seed (SPEC 6).
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (2e-2, 2e-2),
+}
+
+VECTORS_PATH = Path(__file__).parent / "data" / "philox_vectors.json"
+
+
+@pytest.fixture(scope="session")
+def philox_vectors():
+    return json.loads(VECTORS_PATH.read_text())["cases"]
+
+
+def assert_close_to_reference(actual, expected, dtype):
+    """Compare with a float64 reference, tolerances relative to the output scale."""
+    atol, rtol = TOLERANCES[dtype]
+    scale = max(expected.abs().max().item(), 1.0)
+    torch.testing.assert_close(
+        actual.double(), expected.double(), atol=atol * scale, rtol=rtol, equal_nan=True
+    )
