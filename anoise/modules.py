@@ -129,8 +129,8 @@ class _NoiseAfter:
         """The stochastic twin of ``module`` with its weights copied (teacher-initialisation)."""
         base = cls.__mro__[2]  # nn.Conv2d or nn.Linear
         if not isinstance(module, base):
-            raise TypeError(f"{cls.__name__}.from_module expects an {base.__name__}, got "
-                            f"{type(module).__name__}")
+            raise TypeError(f"{cls.__name__}.from_module expects an instance of "
+                            f"{base.__name__}, got {type(module).__name__}")
         student = cls(
             **cls._constructor_args(module),
             device=module.weight.device,

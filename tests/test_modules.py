@@ -1,0 +1,157 @@
+"""Modules, teacher-initialisation and the whole-model helpers."""
+
+import pytest
+import torch
+from conftest import DEVICES
+from torch import nn
+
+import anoise
+from anoise import AdaptiveNoise, AdaptiveNoiseConv2d, AdaptiveNoiseLinear
+
+
+def _teacher():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, stride=2, bias=False), nn.ReLU(),
+        nn.Flatten(), nn.Linear(8 * 3 * 3, 10),
+    )
+
+
+def test_subclasses_and_repr():
+    conv = AdaptiveNoiseConv2d(3, 4, 3, alpha=0.2, learnable_alpha=True)
+    lin = AdaptiveNoiseLinear(5, 6, alpha=0.3)
+    assert isinstance(conv, nn.Conv2d) and isinstance(lin, nn.Linear)
+    assert "alpha=tensor()" in repr(conv) and "learnable_alpha=True" in repr(conv)
+    assert "alpha=0.3" in repr(lin)
+    assert isinstance(conv.noise.alpha, nn.Parameter)
+    assert any(name.endswith("noise.alpha") for name, _ in conv.named_parameters())
+
+
+def test_device_and_dtype_arguments():
+    conv = AdaptiveNoiseConv2d(3, 4, 3, device="cpu", dtype=torch.float64, per_channel_alpha=True)
+    assert conv.weight.dtype == torch.float64 and conv.noise.alpha.dtype == torch.float64
+    assert conv.noise.alpha.shape == (4,)
+    assert conv.noise.running_var.dtype == torch.float32  # statistics never in low precision
+    y = conv(torch.randn(2, 3, 5, 5, dtype=torch.float64))
+    assert y.dtype == torch.float64
+
+
+def test_to_stochastic_copies_and_leaves_teacher_untouched():
+    teacher = _teacher()
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = anoise.to_stochastic(teacher, 0.1, layers=(nn.Conv2d, nn.Linear), exclude=("6",))
+    assert isinstance(student[0], AdaptiveNoiseConv2d)
+    assert isinstance(student[3], AdaptiveNoiseConv2d)
+    assert type(student[6]) is nn.Linear  # excluded by name
+    assert type(teacher[0]) is nn.Conv2d
+    with torch.no_grad():
+        student[0].weight.add_(1)
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert student[3].bias is None and student[3].stride == (2, 2)
+
+
+def test_to_stochastic_rejects_unsupported_layers():
+    with pytest.raises(ValueError, match="layers"):
+        anoise.to_stochastic(_teacher(), layers=(nn.BatchNorm2d,))
+
+
+def test_teacher_state_dict_loads_into_student():
+    teacher = _teacher()
+    student = anoise.to_stochastic(_teacher(), 0.2, learnable_alpha=True)
+    with torch.no_grad():
+        for p in student.parameters():
+            p.zero_()
+    result = student.load_state_dict(teacher.state_dict())
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(student[0].weight, teacher[0].weight)
+    fresh = AdaptiveNoiseConv2d(3, 8, 3, padding=1)
+    fresh.load_state_dict(teacher[0].state_dict())
+    assert torch.equal(fresh.noise.running_var, torch.ones(8))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_student_with_alpha_zero_equals_teacher_in_eval(device):
+    teacher = _teacher().to(device).eval()
+    student = anoise.to_stochastic(teacher, 0.0, layers=(nn.Conv2d, nn.Linear)).eval()
+    x = torch.randn(4, 3, 8, 8, device=device)
+    assert torch.equal(student(x), teacher(x))
+
+
+def test_noise_in_eval_false_is_identity_and_default_is_stochastic():
+    layer = AdaptiveNoise(3, 0.5, noise_in_eval=False).eval()
+    x = torch.randn(4, 3, 5)
+    assert layer(x) is x
+    stochastic = AdaptiveNoise(3, 0.5).eval()
+    assert not torch.equal(stochastic(x), stochastic(x))
+
+
+def test_module_running_var_tracks_batchnorm_and_eval_uses_it():
+    layer, bn = AdaptiveNoise(4, 0.5, momentum=None), nn.BatchNorm2d(4, momentum=None)
+    for _ in range(3):
+        x = torch.randn(8, 4, 5, 5) * 3
+        layer(x)
+        bn(x)
+    torch.testing.assert_close(layer.running_var, bn.running_var)
+    layer.eval()
+    x = torch.randn(6, 4, 5, 5)
+    before = layer.running_var.clone()
+    torch.manual_seed(1)
+    y_full = layer(x)
+    torch.manual_seed(1)
+    y_part = layer(torch.cat([x[:1], torch.zeros(5, 4, 5, 5)]))
+    assert torch.equal(y_full[0], y_part[0])  # running statistics: no dependence on the batch
+    assert torch.equal(layer.running_var, before)
+
+
+def test_eval_stats_batch_uses_the_batch():
+    layer = AdaptiveNoise(2, 1.0, eval_stats="batch").eval()
+    x = torch.randn(64, 2, 50) * torch.tensor([1e-2, 1e2]).view(1, 2, 1)
+    noise_std = (layer(x) - x).transpose(0, 1).reshape(2, -1).std(1)
+    torch.testing.assert_close(noise_std, x.transpose(0, 1).reshape(2, -1).std(1), rtol=0.05,
+                               atol=0)
+
+
+def test_linear_student_trains():
+    torch.manual_seed(0)
+    layer = AdaptiveNoiseLinear(4, 3, alpha=0.1, learnable_alpha=True)
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    loss = layer(torch.randn(16, 4)).pow(2).mean()
+    loss.backward()
+    assert layer.noise.alpha.grad is not None and layer.weight.grad is not None
+    opt.step()
+
+
+def test_set_alpha_and_ensemble_predict():
+    student = anoise.to_stochastic(_teacher(), 0.1, layers=(nn.Conv2d, nn.Linear)).eval()
+    anoise.set_alpha(student, 0.0)
+    x = torch.randn(3, 3, 8, 8)
+    teacher = _teacher().eval()
+    probs = anoise.ensemble_predict(student, x, samples=4)
+    torch.testing.assert_close(probs, teacher(x).softmax(-1))
+    anoise.set_alpha(student, 0.5)
+    assert all(layer.alpha == 0.5 for layer in anoise.noise_layers(student))
+    probs = anoise.ensemble_predict(student, x, samples=4)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(3))
+    with pytest.raises(ValueError, match="alpha"):
+        anoise.set_alpha(student, -1.0)
+    with pytest.raises(ValueError, match="samples"):
+        anoise.ensemble_predict(student, x, samples=0)
+
+
+def test_calibrate_fills_running_var_without_changing_weights():
+    student = anoise.to_stochastic(_teacher(), 0.1)
+    student.eval()
+    weights = {k: v.clone() for k, v in student.state_dict().items() if "noise" not in k}
+    batches = [(torch.randn(16, 3, 8, 8), torch.zeros(16)) for _ in range(3)]
+    anoise.calibrate(student, batches)
+    for k, v in weights.items():
+        assert torch.equal(student.state_dict()[k], v), k
+    assert not student.training and not student[0].noise.training
+    # The average of the unbiased batch variances of the first conv's output.
+    with torch.no_grad():
+        outs = [nn.Conv2d.forward(student[0], b[0]) for b in batches]
+    expected = torch.stack([o.transpose(0, 1).reshape(8, -1).var(1) for o in outs]).mean(0)
+    torch.testing.assert_close(student[0].noise.running_var, expected)
+    assert student[0].noise.momentum == 0.1
