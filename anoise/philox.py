@@ -5,8 +5,7 @@ Every backend draws ``eps`` for the element at logical row-major index ``i`` of 
 ``(seed_lo, seed_hi)``, followed by Triton's uniform and Box-Muller steps.  This module is the
 readable definition; the fused kernels in ``kernels/`` and ``csrc/`` implement the same stream.
 
-The 32-bit words are held in int64 tensors.  A 32x32-bit product does not fit in int64, so
-:func:`_mulhilo` splits one factor into 16-bit halves so that no intermediate exceeds 2**49.
+The 32-bit words are held in int64 tensors (torch has no full uint32 arithmetic).
 """
 
 from __future__ import annotations
@@ -26,11 +25,13 @@ SEED_MAX = 2**64 - 1
 
 
 def _mulhilo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """High and low 32-bit words of ``a * b`` for ``a`` (int64 tensor) and ``b`` below 2**32."""
-    a_hi, a_lo = a >> 16, a & 0xFFFF
-    lo_prod = a_lo * b  # < 2**48
-    t = a_hi * b + (lo_prod >> 16)  # == (a * b) >> 16, < 2**49
-    return t >> 16, ((t & 0xFFFF) << 16) | (lo_prod & 0xFFFF)
+    """High and low 32-bit words of ``a * b`` for ``a`` (int64 tensor, < 2**32) and ``b`` < 2**32.
+
+    The product can exceed 2**63: int64 multiplication wraps modulo 2**64 (two's complement),
+    which keeps all 64 bits of it, and the masks read the two words back out.
+    """
+    p = a * b
+    return (p >> 32) & MASK32, p & MASK32
 
 
 def philox_words(seed: int, offsets: torch.Tensor) -> tuple[torch.Tensor, ...]:
