@@ -109,6 +109,12 @@ def resolve(backend: str, device: torch.device) -> str:
     return backend
 
 
+@torch.compiler.assume_constant_result
+def resolve_for(backend: str, device_type: str) -> str:
+    """:func:`resolve` by device type; a constant to ``torch.compile`` (no import is traced)."""
+    return resolve(backend, torch.device(device_type))
+
+
 def launcher(name: str):
     """The launcher module of a fused backend (after :func:`resolve` accepted it)."""
     return _BACKENDS[name].load()

@@ -68,7 +68,7 @@ def adaptive_noise(
         )
     use_batch_stats = training or running_var is None
     update_running = training and running_var is not None
-    name = _backends.resolve(backend, x.device)
+    name = _backends.resolve_for(backend, x.device.type)
     M = x.numel() // C if C else 0
     if x.numel() == 0:
         return x.clone()
@@ -121,9 +121,12 @@ def _update_running(running_var, num_batches_tracked, var, M, momentum):
         num_batches_tracked.add_(1)
     if M <= 1:
         return
-    factor = 1.0 / float(num_batches_tracked) if momentum is None else momentum
+    if momentum is None:  # cumulative average; kept as a tensor so tracing needs no host sync
+        factor = 1.0 / num_batches_tracked.to(running_var.dtype)
+    else:
+        factor = momentum
     unbiased = var.to(running_var.dtype) * (M / (M - 1))
-    running_var.mul_(1 - factor).add_(unbiased, alpha=factor)
+    running_var.mul_(1 - factor).add_(unbiased * factor)
 
 
 def _per_channel_alpha(alpha, C: int, dtype: torch.dtype, device) -> Tensor:

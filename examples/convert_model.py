@@ -24,7 +24,7 @@ def make_data(n, generator):
 def train(model, x, y, steps, lr=0.05):
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     model.train()
-    for step in range(steps):
+    for _ in range(steps):
         idx = torch.randint(0, len(x), (64,))
         loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()
