@@ -7,7 +7,14 @@ Stochastic Student Networks from Deterministic Teachers", ICPR 2020).
 
 from . import functional
 from .backends import BackendInfo, backends
-from .convert import calibrate, ensemble_predict, noise_layers, set_alpha, to_stochastic
+from .convert import (
+    calibrate,
+    convert_sync,
+    ensemble_predict,
+    noise_layers,
+    set_alpha,
+    to_stochastic,
+)
 from .modules import AdaptiveNoise, AdaptiveNoiseConv2d, AdaptiveNoiseLinear
 
 __version__ = "0.1.0"
@@ -19,6 +26,7 @@ __all__ = [
     "BackendInfo",
     "backends",
     "calibrate",
+    "convert_sync",
     "ensemble_predict",
     "functional",
     "noise_layers",

@@ -111,6 +111,18 @@ def calibrate(model: nn.Module, batches: Iterable) -> nn.Module:
     return model
 
 
+def convert_sync(model: nn.Module, process_group=None) -> nn.Module:
+    """Make every noise layer of ``model`` take its batch statistics over all ranks (in place).
+
+    The counterpart of ``nn.SyncBatchNorm.convert_sync_batchnorm`` for DDP training: the noise
+    scale then comes from the global batch, and gradients equal those of one process.
+    """
+    for layer in noise_layers(model):
+        layer.sync_stats = True
+        layer.process_group = process_group
+    return model
+
+
 def ensemble_predict(model: nn.Module, x: Tensor, samples: int = 10) -> Tensor:
     """Mean softmax over ``samples`` stochastic forward passes of ``model`` on ``x``."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:

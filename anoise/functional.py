@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from . import backends as _backends
+from . import distributed as _dist
 from . import ops as _ops
 from . import reference as _ref
 
@@ -53,7 +54,10 @@ def adaptive_noise(
         seed: the noise seed, an int in ``[0, 2**64)``.  Default: a fresh one from the PyTorch
             generator of ``x``'s device, so ``torch.manual_seed`` reproduces a run.
         backend: ``"auto"``, ``"reference"``, ``"triton"``, ``"cuda"`` or ``"cpu"``.
-        sync_stats, process_group: take batch statistics over all ranks of a process group.
+        sync_stats: take the batch statistics over every rank of ``process_group`` (default:
+            the world), like ``nn.SyncBatchNorm``; a no-op without an initialised process group
+            of more than one rank.  This path computes with PyTorch ops whatever ``backend``.
+        process_group: the ``torch.distributed`` group for ``sync_stats``.
 
     Returns:
         A tensor like ``x``.  With a float ``alpha == 0`` this is ``x`` itself.
@@ -62,13 +66,14 @@ def adaptive_noise(
     C = x.shape[1]
     alpha_is_zero = _check_alpha(alpha, C)
     _check_options(x, running_var, num_batches_tracked, momentum, eps, seed)
-    if sync_stats:
-        raise ValueError(
-            "sync_stats=True is not supported yet: statistics are taken on this process only"
-        )
     use_batch_stats = training or running_var is None
     update_running = training and running_var is not None
     name = _backends.resolve_for(backend, x.device.type)
+    if sync_stats and use_batch_stats and _dist.is_active(process_group):
+        return _adaptive_noise_sync(
+            x, alpha, alpha_is_zero, seed, eps, stats_grad, process_group,
+            running_var if update_running else None, num_batches_tracked, momentum,
+        )
     M = x.numel() // C if C else 0
     if x.numel() == 0:
         return x.clone()
@@ -98,6 +103,19 @@ def adaptive_noise(
     if name == "reference":
         return _ref.adaptive_noise_scaled(x, scale, _seed_int(seed_t))
     return _ops.forward_scaled(x, scale, seed_t, name)
+
+
+def _adaptive_noise_sync(x, alpha, alpha_is_zero, seed, eps, stats_grad, group, running_var,
+                         num_batches_tracked, momentum):
+    """Batch statistics over every rank of ``group`` (see :mod:`anoise.distributed`)."""
+    alpha_c = _per_channel_alpha(alpha, x.shape[1], _ref.stat_dtype(x.dtype), x.device)
+    seed_t = _seed_tensor(seed, x)
+    y, var, count = _dist.SyncAdaptiveNoise.apply(
+        x, alpha_c, int(seed_t.item()), eps, stats_grad, group
+    )
+    if running_var is not None:
+        _update_running(running_var, num_batches_tracked, var, int(count), momentum)
+    return x if alpha_is_zero else y
 
 
 # -- helpers ----------------------------------------------------------------------------------

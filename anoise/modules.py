@@ -23,8 +23,8 @@ class AdaptiveNoise(nn.Module):
         alpha: degree of stochasticity, >= 0.
         learnable_alpha: make ``alpha`` an ``nn.Parameter`` (as in PNI).
         per_channel_alpha: one ``alpha`` per channel instead of one scalar.
-        eval_stats, noise_in_eval, momentum, eps, stats_grad, backend: see above and
-            :func:`anoise.functional.adaptive_noise`.
+        eval_stats, noise_in_eval, momentum, eps, stats_grad, backend, sync_stats,
+            process_group: see above and :func:`anoise.functional.adaptive_noise`.
     """
 
     def __init__(
@@ -40,6 +40,8 @@ class AdaptiveNoise(nn.Module):
         eps: float = 1e-5,
         stats_grad: bool = True,
         backend: str = "auto",
+        sync_stats: bool = False,
+        process_group=None,
         device=None,
         dtype=None,
     ):
@@ -58,6 +60,8 @@ class AdaptiveNoise(nn.Module):
         self.eps = eps
         self.stats_grad = stats_grad
         self.backend = backend
+        self.sync_stats = sync_stats
+        self.process_group = process_group
         self.learnable_alpha = learnable_alpha
         self.per_channel_alpha = per_channel_alpha
         if learnable_alpha or per_channel_alpha:
@@ -93,6 +97,8 @@ class AdaptiveNoise(nn.Module):
             eps=self.eps,
             stats_grad=self.stats_grad,
             backend=self.backend,
+            sync_stats=self.sync_stats,
+            process_group=self.process_group,
         )
 
     def reset_running_stats(self) -> None:
@@ -105,7 +111,7 @@ class AdaptiveNoise(nn.Module):
             f"{self.num_channels}, alpha={alpha}, learnable_alpha={self.learnable_alpha}, "
             f"eval_stats={self.eval_stats!r}, noise_in_eval={self.noise_in_eval}, "
             f"momentum={self.momentum}, eps={self.eps}, stats_grad={self.stats_grad}, "
-            f"backend={self.backend!r}"
+            f"backend={self.backend!r}" + (", sync_stats=True" if self.sync_stats else "")
         )
 
     def _load_from_state_dict(self, state_dict, prefix, *args):

@@ -81,15 +81,17 @@ def philox_normal(seed: int, offsets: torch.Tensor) -> torch.Tensor:
     return box_muller(uniform_from_word(w0), uniform_from_word(w1))
 
 
-def noise_like(x: torch.Tensor, seed: int, chunk: int = 1 << 22) -> torch.Tensor:
+def noise_like(x: torch.Tensor, seed: int, offset: int = 0, chunk: int = 1 << 22) -> torch.Tensor:
     """``eps`` for every element of ``x`` (float32, shape of ``x``, contiguous).
 
-    Element ``x[idx]`` gets ``randn(seed, i)`` with ``i`` its row-major (contiguous) index,
-    whatever ``x``'s memory layout.  Works in chunks to bound the int64 temporaries.
+    Element ``x[idx]`` gets ``randn(seed, offset + i)`` with ``i`` its row-major (contiguous)
+    index, whatever ``x``'s memory layout.  ``offset`` places ``x`` inside a larger logical tensor
+    (a rank's slice of a global batch).  Works in chunks to bound the int64 temporaries.
     """
     n = x.numel()
     out = torch.empty(n, dtype=torch.float32, device=x.device)
     for start in range(0, n, chunk):
-        idx = torch.arange(start, min(start + chunk, n), dtype=torch.int64, device=x.device)
-        out[start : start + idx.numel()] = philox_normal(seed, idx)
+        stop = min(start + chunk, n)
+        idx = torch.arange(offset + start, offset + stop, dtype=torch.int64, device=x.device)
+        out[start:stop] = philox_normal(seed, idx)
     return out.view(x.shape)

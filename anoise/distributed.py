@@ -1,0 +1,111 @@
+"""Statistics synchronised over the ranks of a ``torch.distributed`` process group.
+
+Like ``nn.SyncBatchNorm``: the per-channel count, mean and sum of squared deviations of every
+rank are gathered and merged (Chan et al.'s pairwise update, in rank order, in float32 or
+float64), so every rank injects noise with the statistics of the global batch.  The ranks share
+rank 0's seed and each uses the global logical index of its elements (its slice of the batch
+starts at ``(N_0 + ... + N_{r-1}) * C * S``), so the ranks' outputs concatenated along the batch
+equal one process's output on the concatenated batch.  Backward all-reduces ``G_c`` for the
+statistics term of ``dx``; ``d alpha`` stays local (DDP averages parameter gradients).
+
+This path computes with PyTorch ops (the reference math) and regenerates the noise in backward
+instead of storing it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from .philox import noise_like
+from .reference import stat_dtype
+
+
+def is_active(process_group) -> bool:
+    """Whether statistics must be synchronised: a process group with more than one rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return dist.get_world_size(process_group) > 1
+
+
+def _dims(x: Tensor) -> list[int]:
+    return [0] + list(range(2, x.dim()))
+
+
+def _per_channel(v: Tensor, ndim: int) -> Tensor:
+    return v.view((1, -1) + (1,) * (ndim - 2))
+
+
+def _gather(t: Tensor, group) -> list[Tensor]:
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, t.contiguous(), group=group)
+    return out
+
+
+def _merge(counts: list[int], means: list[Tensor], m2s: list[Tensor]):
+    """Chan's merge of per-rank (count, mean, M2), in rank order: deterministic."""
+    n, mean, m2 = 0, torch.zeros_like(means[0]), torch.zeros_like(m2s[0])
+    for n_b, mean_b, m2_b in zip(counts, means, m2s, strict=True):
+        if n_b == 0:
+            continue
+        total = n + n_b
+        delta = mean_b - mean
+        mean = mean + delta * (n_b / total)
+        m2 = m2 + m2_b + delta * delta * (n * n_b / total)
+        n = total
+    return n, mean, m2
+
+
+class SyncAdaptiveNoise(torch.autograd.Function):
+    """Forward returns ``(y, var, M)``: the global biased variance and element count (a tensor)."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, seed, eps, stats_grad, group):
+        sdtype = stat_dtype(x.dtype)
+        N, C, S = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+        xs = x.to(sdtype)
+        if x.numel():
+            mean_l = xs.mean(_dims(x))
+            m2_l = ((xs - _per_channel(mean_l, x.dim())) ** 2).sum(_dims(x))
+        else:
+            mean_l = m2_l = xs.new_zeros(C)
+        meta = _gather(torch.tensor([N, seed], dtype=torch.int64, device=x.device), group)
+        batch_sizes = [int(m[0]) for m in meta]
+        seed = int(meta[0][1]) & (2**64 - 1)  # rank 0's seed for every rank
+        stats = _gather(torch.stack([mean_l, m2_l]), group)
+        M, mean, m2 = _merge([b * S for b in batch_sizes], [s[0] for s in stats],
+                             [s[1] for s in stats])
+        var = m2 / max(M, 1)
+        sigma = torch.sqrt(var + eps)
+        offset = sum(batch_sizes[: dist.get_rank(group)]) * C * S
+        scale = alpha.to(sdtype) * sigma
+        y = (xs + _per_channel(scale, x.dim()) * noise_like(x, seed, offset).to(sdtype))
+        ctx.seed, ctx.offset, ctx.M, ctx.stats_grad, ctx.group = seed, offset, M, stats_grad, group
+        ctx.alpha_dtype = alpha.dtype
+        ctx.save_for_backward(x if stats_grad else None, alpha, mean, sigma)
+        count = torch.tensor(M, dtype=torch.int64)
+        ctx.mark_non_differentiable(var, count)
+        return y.to(x.dtype), var, count
+
+    @staticmethod
+    def backward(ctx, dy, _dvar, _dM):
+        x, alpha, mean, sigma = ctx.saved_tensors
+        sdtype = sigma.dtype
+        noise = noise_like(dy, ctx.seed, ctx.offset).to(sdtype)
+        g_local = (dy.to(sdtype) * noise).sum(_dims(dy))
+        dx = None
+        if ctx.stats_grad:  # every rank joins the all-reduce, whatever it needs
+            g = g_local.clone()
+            dist.all_reduce(g, group=ctx.group)
+        if ctx.needs_input_grad[0]:
+            if ctx.stats_grad:
+                coef = alpha.to(sdtype) * g / (ctx.M * sigma)
+                xc = x.to(sdtype) - _per_channel(mean, x.dim())
+                dx = (dy.to(sdtype) + _per_channel(coef, x.dim()) * xc).to(dy.dtype)
+            else:
+                dx = dy
+        dalpha = (sigma * g_local).to(ctx.alpha_dtype) if ctx.needs_input_grad[1] else None
+        return dx, dalpha, None, None, None, None
