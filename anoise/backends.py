@@ -84,7 +84,7 @@ def backends() -> dict[str, BackendInfo]:
     """
     out = {}
     for name, b in _BACKENDS.items():
-        reasons = [b.unusable_reason(d) for d in ("cpu", "cuda")]
+        reasons = [b.unusable_reason(d) for d in ("cpu", "cuda") if d in b.device_types]
         if any(r is None for r in reasons):
             out[name] = BackendInfo(True)
         else:
