@@ -198,17 +198,28 @@ def test_forward_backward_match_reference(device, dtype, shape, layout):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_every_isa_matches_reference(device):
-    x = make_input((4, 6, 9, 7), "contiguous", torch.float32, device)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_isa_matches_reference(device, dtype):
+    """Each vectorised build of the CPU kernels (baseline, AVX2, AVX-512 where the CPU has them)."""
+    x = make_input((4, 6, 9, 7), "contiguous", dtype, device)
     xc = x.contiguous(memory_format=torch.channels_last)
-    alpha = torch.full((6,), 0.3, device=device)
+    alpha = torch.full((6,), 0.3, dtype=ref.stat_dtype(dtype), device=device)
     dy = make_input((4, 6, 9, 7), "contiguous", torch.float64, device, gen_seed=2)
     want = _run(x.double(), alpha.double(), "reference", dy)
+    tol = torch.float32 if dtype == torch.float64 else dtype
     for isa in isas(device):
         with use_isa(device, isa):
             for inp in (x, xc):
                 for got, w in zip(_run(inp, alpha, BACKEND[device], dy), want, strict=True):
-                    assert_close_to_reference(got, w, torch.float32)
+                    assert_close_to_reference(got, w, tol)
+
+
+def test_build_mode_is_validated(monkeypatch):
+    from anoise import _build
+
+    monkeypatch.setenv("ANOISE_EXT", "sometimes")
+    with pytest.raises(ImportError, match="ANOISE_EXT must be auto, aot or jit"):
+        _build.load("cpu")
 
 
 @pytest.mark.parametrize("device", DEVICES)
