@@ -90,8 +90,21 @@ setup(
     version="0.1.0",
     description="Adaptive noise injection for stochastic student networks, with fused kernels",
     python_requires=">=3.10",
-    packages=["anoise", "anoise.kernels"],
-    package_dir={"anoise": "anoise", "anoise.kernels": "kernels"},
+    # csrc/ ships inside the package so that an install without prebuilt extensions can still
+    # build them just in time.
+    packages=["anoise", "anoise.kernels", "anoise.csrc"],
+    package_dir={"anoise": "anoise", "anoise.kernels": "kernels", "anoise.csrc": "csrc"},
+    package_data={
+        "anoise.csrc": [
+            "*.sh",
+            "cpu/*.h",
+            "cpu/*.cpp",
+            "cuda/*.h",
+            "cuda/*.cuh",
+            "cuda/*.cu",
+            "cuda/*.cpp",
+        ]
+    },
     install_requires=["torch>=2.5", "numpy"],
     extras_require={
         "test": ["pytest", "scipy", "hypothesis", "pytest-benchmark", "ruff"],

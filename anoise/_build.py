@@ -20,7 +20,9 @@ import importlib.util
 import os
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+# A source checkout has csrc/ next to anoise/; an installed package carries it as anoise/csrc.
+_CHECKOUT = Path(__file__).resolve().parent.parent
+ROOT = _CHECKOUT if (_CHECKOUT / "csrc").is_dir() else Path(__file__).resolve().parent
 CSRC = ROOT / "csrc"
 
 CPU_SOURCES = [
