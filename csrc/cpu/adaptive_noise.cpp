@@ -134,11 +134,22 @@ Geometry geometry_of(const at::Tensor& t) {
   return g;
 }
 
+// Runs f(t) for t in [0, ntasks) on torch's intra-op threads.  Threads take tasks from a shared
+// counter rather than fixed ranges, so a thread descheduled by other load does not hold the
+// others back; which thread runs a task never changes its result.
+template <class F>
+void run_tasks(int64_t ntasks, F&& f) {
+  if (ntasks <= 0) return;
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), ntasks);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) f(t);
+  });
+}
+
 template <class F>
 void for_tasks(const Geometry& g, F&& f) {
-  at::parallel_for(0, num_tasks(g), 1, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) f(t);
-  });
+  run_tasks(num_tasks(g), f);
 }
 
 template <class F>
@@ -302,11 +313,9 @@ at::Tensor randn(int64_t numel, const at::Tensor& seed) {
   float* p = out.data_ptr<float>();
   const Kernels& k = kern();
   const int64_t tasks = (numel + kRandnChunk - 1) / kRandnChunk;
-  at::parallel_for(0, tasks, 1, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) {
-      const int64_t begin = t * kRandnChunk, n = std::min(numel - begin, kRandnChunk);
-      k.randn(p + begin, n, static_cast<uint64_t>(begin), 1, s);
-    }
+  run_tasks(tasks, [&](int64_t t) {
+    const int64_t begin = t * kRandnChunk, n = std::min(numel - begin, kRandnChunk);
+    k.randn(p + begin, n, static_cast<uint64_t>(begin), 1, s);
   });
   return out;
 }
