@@ -1,0 +1,28 @@
+"""The ``cpu`` backend: launchers of the fused C++ kernels in ``csrc/cpu``.
+
+Importing this module loads the compiled extension (prebuilt by ``setup.py``, or built just in
+time); if that fails it raises ImportError and :func:`anoise.backends` reports why.  Besides
+the four launchers of the interface (see :mod:`anoise.backends`) it exposes:
+
+    randn(numel, seed) -> float32 tensor   # eps for logical indices 0 .. numel-1
+    draw_at(offsets, seed) -> (words, rand, randn)   # test hook: the stream at int64 offsets
+    randn_range(start, count, step, seed)  # test hook: the kernels' vectorised noise path
+    isa(), isa_list(), set_isa(name)       # which vectorised build of the kernels runs
+"""
+
+from __future__ import annotations
+
+from ._build import load
+
+_ext = load("cpu")
+
+forward_batch = _ext.forward_batch
+forward_scaled = _ext.forward_scaled
+backward_batch = _ext.backward_batch
+noise_dot = _ext.noise_dot
+randn = _ext.randn
+randn_range = _ext.randn_range
+draw_at = _ext.draw_at
+isa = _ext.isa
+isa_list = _ext.isa_list
+set_isa = _ext.set_isa

@@ -1,0 +1,27 @@
+"""The ``cuda`` backend: launchers of the CUDA kernels in ``csrc/cuda``.
+
+Importing this module loads the compiled extension (prebuilt by ``setup.py`` where torch has
+CUDA, or built just in time); if that fails it raises ImportError and :func:`anoise.backends`
+reports why.  Besides the four launchers of the interface (see :mod:`anoise.backends`) it
+exposes ``randn(numel, seed)`` and the test hooks ``draw_at(offsets, seed)`` and
+``randn_range(start, count, step, seed)``, as :mod:`anoise._cpu` does.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._build import load
+
+if torch.version.cuda is None:
+    raise ImportError(f"torch {torch.__version__} is built without CUDA")
+
+_ext = load("cuda")
+
+forward_batch = _ext.forward_batch
+forward_scaled = _ext.forward_scaled
+backward_batch = _ext.backward_batch
+noise_dot = _ext.noise_dot
+randn = _ext.randn
+randn_range = _ext.randn_range
+draw_at = _ext.draw_at

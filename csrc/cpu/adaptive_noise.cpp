@@ -1,0 +1,391 @@
+// torch binding of the fused CPU kernels: argument checks, the partition of the work into
+// thread-count-independent tasks, the parallel loops, and the fixed-order merges of partials.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace anoise_cpu {
+namespace {
+
+// Elements (or, for channels-innermost layouts, about that many elements' worth of positions)
+// per task: small enough to stay in L2 between the two statistics passes, large enough to
+// amortise a task's setup.  A constant, so results never depend on the thread count.
+constexpr int64_t kChunk = 16384;
+constexpr int64_t kRandnChunk = 1 << 16;
+
+// ---- instruction-set selection ----------------------------------------------------------------
+
+std::vector<const Kernels*> supported_kernels() {
+  std::vector<const Kernels*> out{&kernels_baseline()};
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+      __builtin_cpu_supports("f16c") && __builtin_cpu_supports("bmi2")) {
+    out.push_back(&kernels_avx2());
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+      out.push_back(&kernels_avx512());
+  }
+#endif
+  return out;
+}
+
+const Kernels* find_kernels(const std::string& name) {
+  for (const Kernels* k : supported_kernels())
+    if (name == k->name) return k;
+  return nullptr;
+}
+
+// The widest supported set, unless ANOISE_CPU_ISA names another.
+const Kernels* initial_kernels() {
+  const char* env = std::getenv("ANOISE_CPU_ISA");
+  if (env != nullptr && *env != '\0' && std::string(env) != "auto") {
+    const Kernels* k = find_kernels(env);
+    TORCH_CHECK_VALUE(k != nullptr, "ANOISE_CPU_ISA=", env,
+                      " is not supported by this CPU (or not one of baseline, avx2, avx512)");
+    return k;
+  }
+  return supported_kernels().back();
+}
+
+std::atomic<const Kernels*>& active() {
+  static std::atomic<const Kernels*> k{initial_kernels()};
+  return k;
+}
+
+const Kernels& kern() { return *active().load(); }
+
+// ---- checks ---------------------------------------------------------------------------------
+
+#define ANOISE_CHECK_CPU(t, name)                                                             \
+  TORCH_CHECK_VALUE((t).device().is_cpu(), name, " must be a CPU tensor, got one on ", \
+                    (t).device())
+
+DType dtype_of(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat:
+      return DType::kFloat;
+    case at::kDouble:
+      return DType::kDouble;
+    case at::kHalf:
+      return DType::kHalf;
+    case at::kBFloat16:
+      return DType::kBFloat16;
+    default:
+      TORCH_CHECK_TYPE(false, name, " must be float16, bfloat16, float32 or float64, got ",
+                       t.scalar_type());
+  }
+}
+
+at::ScalarType stat_type(const at::Tensor& x) {
+  return x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+void check_x3(const at::Tensor& x, const char* name) {
+  ANOISE_CHECK_CPU(x, name);
+  TORCH_CHECK_VALUE(x.dim() == 3, name, " must be a 3-D (N, C, S) view, got shape ", x.sizes());
+  dtype_of(x, name);
+}
+
+void check_channels(const at::Tensor& v, const char* name, int64_t C, at::ScalarType st) {
+  ANOISE_CHECK_CPU(v, name);
+  TORCH_CHECK_VALUE(v.dim() == 1 && v.size(0) == C, name, " must have shape (", C,
+                    ",) (one value per channel), got ", v.sizes());
+  TORCH_CHECK_TYPE(v.scalar_type() == st, name, " must have dtype ", st,
+                   " (the statistics dtype of the input), got ", v.scalar_type());
+  TORCH_CHECK_VALUE(v.is_contiguous(), name, " must be contiguous");
+}
+
+uint64_t seed_of(const at::Tensor& seed) {
+  ANOISE_CHECK_CPU(seed, "seed");
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong, "seed must be an int64 tensor, got ",
+                   seed.scalar_type());
+  TORCH_CHECK_VALUE(seed.numel() == 1, "seed must hold one value, got shape ", seed.sizes());
+  return static_cast<uint64_t>(seed.contiguous().data_ptr<int64_t>()[0]);
+}
+
+// ---- geometry ---------------------------------------------------------------------------------
+
+View view_of(const at::Tensor& t) {
+  return View{t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+// Walk channels-innermost layouts (channels_last, (N, C)) position by position; everything
+// else channel plane by channel plane.
+Geometry geometry_of(const at::Tensor& t) {
+  Geometry g{};
+  g.N = t.size(0);
+  g.C = t.size(1);
+  g.S = t.size(2);
+  const int64_t plane_inner = g.S > 1 ? t.stride(2) : t.stride(0);
+  g.rows = g.C > 1 && t.stride(1) == 1 && plane_inner != 1;
+  g.chunk = g.rows ? std::max<int64_t>(1, kChunk / g.C) : kChunk;
+  const int64_t M = g.N * g.S;
+  g.nchunks = (M + g.chunk - 1) / g.chunk;
+  return g;
+}
+
+// Runs f(t) for t in [0, ntasks) on torch's intra-op threads.  Threads take tasks from a shared
+// counter rather than fixed ranges, so a thread descheduled by other load does not hold the
+// others back; which thread runs a task never changes its result.
+template <class F>
+void run_tasks(int64_t ntasks, F&& f) {
+  if (ntasks <= 0) return;
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), ntasks);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) f(t);
+  });
+}
+
+template <class F>
+void for_tasks(const Geometry& g, F&& f) {
+  run_tasks(num_tasks(g), f);
+}
+
+template <class F>
+void for_channels(int64_t C, F&& f) {
+  at::parallel_for(0, C, 64, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) f(c);
+  });
+}
+
+template <class A>
+A acc_at(const at::Tensor& t, int64_t i) {
+  return t.data_ptr<A>()[i];
+}
+
+// Chan's pairwise merge of the chunk statistics of channel c, in chunk order, in double.
+template <class A>
+void merge_stats(const Geometry& g, const at::Tensor& pmean, const at::Tensor& pm2, int64_t c,
+                 double& mean, double& var) {
+  double n = 0, m = 0, m2 = 0;
+  for (int64_t k = 0; k < g.nchunks; ++k) {
+    const double nb = static_cast<double>(chunk_count(g, k));
+    const double mb = acc_at<A>(pmean, slot(g, c, k));
+    const double m2b = acc_at<A>(pm2, slot(g, c, k));
+    const double delta = mb - m, tot = n + nb;
+    m += delta * nb / tot;
+    m2 += m2b + delta * delta * n * nb / tot;
+    n = tot;
+  }
+  mean = m;
+  var = m2 / n;
+}
+
+template <class A>
+double merge_sum(const Geometry& g, const at::Tensor& part, int64_t c) {
+  double s = 0;
+  for (int64_t k = 0; k < g.nchunks; ++k) s += acc_at<A>(part, slot(g, c, k));
+  return s;
+}
+
+at::Tensor partials(const Geometry& g, at::ScalarType st, const at::Tensor& like) {
+  return at::empty({std::max<int64_t>(1, g.C * g.nchunks)}, like.options().dtype(st));
+}
+
+// ---- launchers ----------------------------------------------------------------------------
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_batch(const at::Tensor& x3,
+                                                             const at::Tensor& alpha,
+                                                             const at::Tensor& seed, double eps) {
+  check_x3(x3, "x");
+  const at::ScalarType st = stat_type(x3);
+  const Geometry g = geometry_of(x3);
+  check_channels(alpha, "alpha", g.C, st);
+  const uint64_t s = seed_of(seed);
+  const DType dt = dtype_of(x3, "x");
+  at::Tensor y = at::empty_like(x3);
+  at::Tensor mean = at::empty({g.C}, x3.options().dtype(st));
+  at::Tensor var = at::empty({g.C}, x3.options().dtype(st));
+  if (g.N * g.S == 0) {
+    mean.fill_(std::numeric_limits<double>::quiet_NaN());
+    var.fill_(std::numeric_limits<double>::quiet_NaN());
+    return {y, mean, var};
+  }
+  at::Tensor pmean = partials(g, st, x3), pm2 = partials(g, st, x3);
+  const Kernels& k = kern();
+  const View xv = view_of(x3), yv = view_of(y);
+  for_tasks(g, [&](int64_t t) { k.stats(g, dt, xv, t, pmean.data_ptr(), pm2.data_ptr()); });
+  at::Tensor scale = at::empty({g.C}, x3.options().dtype(st));
+  AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_merge", [&] {
+    for_channels(g.C, [&](int64_t c) {
+      double m, v;
+      merge_stats<scalar_t>(g, pmean, pm2, c, m, v);
+      const scalar_t var_c = static_cast<scalar_t>(v);
+      // As the reference: sigma = sqrt(var + eps), scale = alpha * sigma, in the stats dtype.
+      const scalar_t sigma = std::sqrt(var_c + static_cast<scalar_t>(eps));
+      mean.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(m);
+      var.data_ptr<scalar_t>()[c] = var_c;
+      scale.data_ptr<scalar_t>()[c] = alpha.data_ptr<scalar_t>()[c] * sigma;
+    });
+  });
+  for_tasks(g, [&](int64_t t) { k.apply(g, dt, xv, yv, scale.data_ptr(), s, t); });
+  return {y, mean, var};
+}
+
+at::Tensor forward_scaled(const at::Tensor& x3, const at::Tensor& scale, const at::Tensor& seed) {
+  check_x3(x3, "x");
+  const Geometry g = geometry_of(x3);
+  check_channels(scale, "scale", g.C, stat_type(x3));
+  const uint64_t s = seed_of(seed);
+  const DType dt = dtype_of(x3, "x");
+  at::Tensor y = at::empty_like(x3);
+  if (g.N * g.S == 0) return y;
+  const Kernels& k = kern();
+  const View xv = view_of(x3), yv = view_of(y);
+  for_tasks(g, [&](int64_t t) { k.apply(g, dt, xv, yv, scale.data_ptr(), s, t); });
+  return y;
+}
+
+// g_c = sum(dy * eps) over channel c, in the statistics dtype.
+at::Tensor noise_dot_impl(const at::Tensor& dy3, const Geometry& g, uint64_t s) {
+  const at::ScalarType st = stat_type(dy3);
+  at::Tensor out = at::zeros({g.C}, dy3.options().dtype(st));
+  if (g.N * g.S == 0) return out;
+  at::Tensor part = partials(g, st, dy3);
+  const Kernels& k = kern();
+  const DType dt = dtype_of(dy3, "dy");
+  const View dv = view_of(dy3);
+  for_tasks(g, [&](int64_t t) { k.noise_dot(g, dt, dv, s, t, part.data_ptr()); });
+  AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_dot", [&] {
+    for_channels(g.C, [&](int64_t c) {
+      out.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(merge_sum<scalar_t>(g, part, c));
+    });
+  });
+  return out;
+}
+
+at::Tensor noise_dot(const at::Tensor& dy3, const at::Tensor& seed) {
+  check_x3(dy3, "dy");
+  return noise_dot_impl(dy3, geometry_of(dy3), seed_of(seed));
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_batch(const at::Tensor& dy3, const at::Tensor& x3,
+                                                  const at::Tensor& alpha, const at::Tensor& mean,
+                                                  const at::Tensor& sigma,
+                                                  const at::Tensor& seed) {
+  check_x3(x3, "x");
+  check_x3(dy3, "dy");
+  TORCH_CHECK_VALUE(dy3.sizes() == x3.sizes(), "dy must have x's shape ", x3.sizes(), ", got ",
+                    dy3.sizes());
+  TORCH_CHECK_TYPE(dy3.scalar_type() == x3.scalar_type(), "dy must have x's dtype ",
+                   x3.scalar_type(), ", got ", dy3.scalar_type());
+  const at::ScalarType st = stat_type(x3);
+  const Geometry g = geometry_of(x3);
+  check_channels(alpha, "alpha", g.C, st);
+  check_channels(mean, "mean", g.C, st);
+  check_channels(sigma, "sigma", g.C, st);
+  const uint64_t s = seed_of(seed);
+  at::Tensor gsum = noise_dot_impl(dy3, g, s);
+  at::Tensor dx = at::empty_like(x3);
+  if (g.N * g.S == 0) return {dx, gsum};
+  at::Tensor coef = at::empty({g.C}, x3.options().dtype(st));
+  const double M = static_cast<double>(g.N * g.S);
+  AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_coef", [&] {
+    for (int64_t c = 0; c < g.C; ++c) {
+      const double a = alpha.data_ptr<scalar_t>()[c], gc = gsum.data_ptr<scalar_t>()[c];
+      const double sg = sigma.data_ptr<scalar_t>()[c];
+      coef.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(a * gc / (M * sg));
+    }
+  });
+  const Kernels& k = kern();
+  const DType dt = dtype_of(x3, "x");
+  const View dv = view_of(dy3), xv = view_of(x3), ov = view_of(dx);
+  for_tasks(g, [&](int64_t t) { k.dx(g, dt, dv, xv, ov, coef.data_ptr(), mean.data_ptr(), t); });
+  return {dx, gsum};
+}
+
+// eps for logical indices 0 .. numel-1 (the noise alone, for benchmarks and tests).
+at::Tensor randn(int64_t numel, const at::Tensor& seed) {
+  TORCH_CHECK_VALUE(numel >= 0, "numel must be >= 0, got ", numel);
+  const uint64_t s = seed_of(seed);
+  at::Tensor out = at::empty({numel}, seed.options().dtype(at::kFloat));
+  float* p = out.data_ptr<float>();
+  const Kernels& k = kern();
+  const int64_t tasks = (numel + kRandnChunk - 1) / kRandnChunk;
+  run_tasks(tasks, [&](int64_t t) {
+    const int64_t begin = t * kRandnChunk, n = std::min(numel - begin, kRandnChunk);
+    k.randn(p + begin, n, static_cast<uint64_t>(begin), 1, s);
+  });
+  return out;
+}
+
+// Test hook: eps at start, start + step, ... (count values) through the kernels' noise path.
+at::Tensor randn_range(int64_t start, int64_t count, int64_t step, const at::Tensor& seed) {
+  TORCH_CHECK_VALUE(start >= 0 && count >= 0 && step >= 1,
+                    "need start >= 0, count >= 0 and step >= 1, got ", start, ", ", count, ", ",
+                    step);
+  const uint64_t s = seed_of(seed);
+  at::Tensor out = at::empty({count}, seed.options().dtype(at::kFloat));
+  kern().randn(out.data_ptr<float>(), count, static_cast<uint64_t>(start),
+               static_cast<uint64_t>(step), s);
+  return out;
+}
+
+// Test hook: words (K, 4) as int64, rand and randn at arbitrary int64 offsets.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> draw_at(const at::Tensor& offsets,
+                                                       const at::Tensor& seed) {
+  ANOISE_CHECK_CPU(offsets, "offsets");
+  TORCH_CHECK_TYPE(offsets.scalar_type() == at::kLong, "offsets must be int64, got ",
+                   offsets.scalar_type());
+  TORCH_CHECK_VALUE(offsets.dim() == 1, "offsets must be 1-D, got shape ", offsets.sizes());
+  TORCH_CHECK_VALUE(offsets.numel() == 0 || offsets.min().item<int64_t>() >= 0,
+                    "offsets must be >= 0");
+  const uint64_t s = seed_of(seed);
+  at::Tensor off = offsets.contiguous();
+  const int64_t n = off.numel();
+  at::Tensor words = at::empty({n, 4}, off.options());
+  at::Tensor rand = at::empty({n}, off.options().dtype(at::kFloat));
+  at::Tensor rn = at::empty({n}, off.options().dtype(at::kFloat));
+  kern().draw_at(off.data_ptr<int64_t>(), n, s, words.data_ptr<int64_t>(), rand.data_ptr<float>(),
+                 rn.data_ptr<float>());
+  return {words, rand, rn};
+}
+
+std::vector<std::string> isa_list() {
+  std::vector<std::string> out;
+  for (const Kernels* k : supported_kernels()) out.emplace_back(k->name);
+  return out;
+}
+
+std::string isa() { return kern().name; }
+
+void set_isa(const std::string& name) {
+  const Kernels* k = find_kernels(name);
+  TORCH_CHECK_VALUE(k != nullptr, "isa ", name, " is not supported here; supported: ",
+                    c10::Join(", ", isa_list()));
+  active().store(k);
+}
+
+}  // namespace
+}  // namespace anoise_cpu
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace ac = anoise_cpu;
+  using release = py::call_guard<py::gil_scoped_release>;
+  m.doc() = "anoise fused CPU kernels (see anoise/backends.py for the launcher interface)";
+  m.def("forward_batch", &ac::forward_batch, release(), py::arg("x3"), py::arg("alpha"),
+        py::arg("seed"), py::arg("eps"));
+  m.def("forward_scaled", &ac::forward_scaled, release(), py::arg("x3"), py::arg("scale"),
+        py::arg("seed"));
+  m.def("backward_batch", &ac::backward_batch, release(), py::arg("dy3"), py::arg("x3"),
+        py::arg("alpha"), py::arg("mean"), py::arg("sigma"), py::arg("seed"));
+  m.def("noise_dot", &ac::noise_dot, release(), py::arg("dy3"), py::arg("seed"));
+  m.def("randn", &ac::randn, release(), py::arg("numel"), py::arg("seed"));
+  m.def("randn_range", &ac::randn_range, release(), py::arg("start"), py::arg("count"),
+        py::arg("step"), py::arg("seed"));
+  m.def("draw_at", &ac::draw_at, release(), py::arg("offsets"), py::arg("seed"));
+  m.def("isa_list", &ac::isa_list, "instruction sets this CPU can run, narrowest first");
+  m.def("isa", &ac::isa, "the instruction set in use");
+  m.def("set_isa", &ac::set_isa, py::arg("name"), "switch instruction set (tests, benchmarks)");
+}

@@ -1,0 +1,15 @@
+// The kernels compiled for AVX2 + FMA; chosen at run time when the CPU has them.
+#if defined(__x86_64__)
+#include <immintrin.h>  // before the target pragma, so that nothing from a header is compiled
+#include <stdint.h>     // for AVX2
+
+#pragma GCC target("avx2,fma,f16c,bmi2")
+#define ANOISE_ISA avx2
+#define ANOISE_PHILOX_SIMD 256
+#define ANOISE_ISA_NAME "avx2"
+#include "kernels_impl.h"
+
+namespace anoise_cpu {
+const Kernels& kernels_avx2() { return avx2::table; }
+}  // namespace anoise_cpu
+#endif

@@ -1,0 +1,8 @@
+// The kernels for the instruction set the compiler targets by default (SSE2 on x86-64).
+#define ANOISE_ISA baseline
+#define ANOISE_ISA_NAME "baseline"
+#include "kernels_impl.h"
+
+namespace anoise_cpu {
+const Kernels& kernels_baseline() { return baseline::table; }
+}  // namespace anoise_cpu

@@ -1,0 +1,434 @@
+"""The fused C++ backends ("cpu" on CPU tensors, "cuda" on CUDA tensors) against the reference.
+
+Each test runs on every device of DEVICES with that device's C++ backend.  The noise is float32
+by definition (SPEC 3) and the C++ kernels compute log/cos with their own polynomials, so a
+backend's eps differs from the reference's by ~1e-7: comparisons with the reference itself use
+at least float32 tolerances, and float64 results are also checked at 1e-10 against the SPEC
+formulas evaluated in float64 on the backend's own eps (from the draw_at test hook).
+"""
+
+import importlib
+import math
+import struct
+
+import pytest
+import torch
+from conftest import DEVICES, TOLERANCES, assert_close_to_reference
+
+import anoise
+import anoise.functional as AF
+from anoise import reference as ref
+
+BACKEND = {"cpu": "cpu", "cuda": "cuda"}
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+SEED = 1234567
+
+
+def ext(device):
+    return importlib.import_module(f"anoise._{BACKEND[device]}")
+
+
+def signed(seed):
+    return seed - 2**64 if seed >= 2**63 else seed
+
+
+def seed_t(seed, device):
+    return torch.tensor([signed(seed)], dtype=torch.int64, device=device)
+
+
+def isas(device):
+    """Instruction-set builds to run the CPU kernels under (one pass on CUDA)."""
+    return ext(device).isa_list() if device == "cpu" else [None]
+
+
+class use_isa:
+    def __init__(self, device, name):
+        self.mod, self.name = ext(device), name
+
+    def __enter__(self):
+        if self.name is not None:
+            self.prev = self.mod.isa()
+            self.mod.set_isa(self.name)
+
+    def __exit__(self, *exc):
+        if self.name is not None:
+            self.mod.set_isa(self.prev)
+
+
+def make_input(shape, layout, dtype, device, gen_seed=0):
+    g = torch.Generator().manual_seed(gen_seed)
+    if layout == "transposed":
+        x = torch.randn(shape[::-1], generator=g, dtype=torch.float64).t()
+    else:
+        x = torch.randn(shape, generator=g, dtype=torch.float64)
+    # Per-channel offsets and scales, so that statistics differ between channels.
+    C = shape[1]
+    view = (1, C) + (1,) * (len(shape) - 2)
+    x = x * torch.linspace(0.5, 3.0, C, dtype=torch.float64).view(view)
+    x = x + torch.linspace(-2.0, 2.0, C, dtype=torch.float64).view(view)
+    x = x.to(device=device, dtype=dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":  # not dense: every other element of the last dim
+        x = torch.cat([x, x], dim=-1)[..., ::2]
+    return x
+
+
+CASES = [
+    ((3, 7, 13, 5), "contiguous"),
+    ((3, 7, 13, 5), "channels_last"),
+    ((5, 3), "contiguous"),
+    ((5, 3), "transposed"),
+    ((2, 64, 1, 1), "contiguous"),
+    ((2, 64, 1, 1), "channels_last"),
+    ((2, 3, 4, 5, 6), "contiguous"),
+    ((4, 5, 6, 8), "strided"),
+]
+
+
+def own_noise(x, seed):
+    """The backend's eps for every element of x (logical row-major index), as float64."""
+    offsets = torch.arange(x.numel(), dtype=torch.int64, device=x.device)
+    return ext(x.device.type).draw_at(offsets, seed_t(seed, x.device))[2].double().view(x.shape)
+
+
+def formula(x, alpha, noise, eps):
+    """SPEC section 2 in float64 with the given noise (differentiable in x and alpha)."""
+    dims = [0] + list(range(2, x.dim()))
+    view = (1, -1) + (1,) * (x.dim() - 2)
+    mean = x.mean(dims)
+    var = ((x - mean.view(view)) ** 2).mean(dims)
+    sigma = torch.sqrt(var + eps)
+    return x + (alpha * sigma).view(view) * noise, mean, var
+
+
+# ---- availability ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backend_is_available_and_auto_picks_it(device):
+    info = anoise.backends()[BACKEND[device]]
+    assert info.available, info.reason
+    if device == "cpu":
+        resolve = importlib.import_module("anoise.backends").resolve
+        assert resolve("auto", torch.device("cpu")) == "cpu"
+
+
+# ---- the noise stream -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_stream_matches_triton_vectors(device, philox_vectors):
+    for isa in isas(device):
+        with use_isa(device, isa):
+            for case in philox_vectors:
+                offsets = torch.tensor(case["offsets"], dtype=torch.int64, device=device)
+                words, rand, randn = ext(device).draw_at(offsets, seed_t(case["seed"], device))
+                assert words.cpu().tolist() == case["words"], (isa, case["seed"])
+                rand_bits = [struct.unpack("<I", struct.pack("<f", v))[0] for v in rand.tolist()]
+                assert rand_bits == [int(h, 16) for h in case["rand_f32_hex"]], isa
+                expected = torch.tensor(case["randn"], dtype=torch.float32)
+                torch.testing.assert_close(randn.cpu(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "start, step",
+    [(0, 1), (2**32 - 37, 1), (2**32 - 37, 3), (2**31 - 5, 7), (2**40 + 11, 2**30), (5, 2**33)],
+)
+def test_kernel_noise_path_equals_stream(device, start, step):
+    """The vectorised path the kernels use (lane carries past 2**32 included) equals draw_at."""
+    count = 203  # not a multiple of any vector width
+    seed = seed_t(2**63 + 12345, device)
+    offsets = start + step * torch.arange(count, dtype=torch.int64, device=device)
+    for isa in isas(device):
+        with use_isa(device, isa):
+            fast = ext(device).randn_range(start, count, step, seed)
+            expected = ext(device).draw_at(offsets, seed)[2]
+            assert torch.equal(fast, expected), isa
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_randn_matches_reference_stream(device):
+    n = 10_003
+    for isa in isas(device):
+        with use_isa(device, isa):
+            got = ext(device).randn(n, seed_t(SEED, device)).cpu()
+            expected = anoise.philox.philox_normal(SEED, torch.arange(n))
+            torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+            assert abs(got.mean().item()) < 0.05 and abs(got.std().item() - 1) < 0.05
+
+
+# ---- forward and backward against the reference -------------------------------------------
+
+
+def _run(x, alpha, backend, dy, **kw):
+    x = x.detach().clone().requires_grad_()
+    alpha = alpha.detach().clone().requires_grad_()
+    y = AF.adaptive_noise(x, alpha, seed=SEED, backend=backend, **kw)
+    y.backward(dy.to(y.dtype))
+    return y.detach(), x.grad, alpha.grad
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape, layout", CASES, ids=lambda v: str(v))
+def test_forward_backward_match_reference(device, dtype, shape, layout):
+    x = make_input(shape, layout, dtype, device)
+    C = shape[1]
+    alpha = torch.linspace(0.05, 0.6, C, dtype=torch.float64, device=device)
+    dy = make_input(shape, "contiguous", torch.float64, device, gen_seed=1)
+    y, dx, da = _run(x, alpha.to(ref.stat_dtype(dtype)), BACKEND[device], dy)
+    if layout != "strided":
+        assert y.stride() == x.stride() and dx.stride() == x.stride()
+    y_ref, dx_ref, da_ref = _run(x.double(), alpha, "reference", dy)
+    check = TOLERANCES[torch.float32] if dtype == torch.float64 else TOLERANCES[dtype]
+    for got, want in ((y, y_ref), (dx, dx_ref), (da, da_ref)):
+        atol, rtol = check
+        scale = max(want.abs().max().item(), 1.0)
+        torch.testing.assert_close(got.double(), want, atol=atol * scale, rtol=rtol)
+    if dtype == torch.float64:  # exact arithmetic on the backend's own noise
+        xr = x.detach().clone().requires_grad_()
+        ar = alpha.clone().requires_grad_()
+        yf, _, _ = formula(xr, ar, own_noise(x, SEED), 1e-5)
+        yf.backward(dy)
+        assert_close_to_reference(y, yf.detach(), torch.float64)
+        assert_close_to_reference(dx, xr.grad, torch.float64)
+        assert_close_to_reference(da, ar.grad, torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_isa_matches_reference(device, dtype):
+    """Each vectorised build of the CPU kernels (baseline, AVX2, AVX-512 where the CPU has them)."""
+    x = make_input((4, 6, 9, 7), "contiguous", dtype, device)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    alpha = torch.full((6,), 0.3, dtype=ref.stat_dtype(dtype), device=device)
+    dy = make_input((4, 6, 9, 7), "contiguous", torch.float64, device, gen_seed=2)
+    want = _run(x.double(), alpha.double(), "reference", dy)
+    tol = torch.float32 if dtype == torch.float64 else dtype
+    for isa in isas(device):
+        with use_isa(device, isa):
+            for inp in (x, xc):
+                for got, w in zip(_run(inp, alpha, BACKEND[device], dy), want, strict=True):
+                    assert_close_to_reference(got, w, tol)
+
+
+def test_build_mode_is_validated(monkeypatch):
+    from anoise import _build
+
+    monkeypatch.setenv("ANOISE_EXT", "sometimes")
+    with pytest.raises(ImportError, match="ANOISE_EXT must be auto, aot or jit"):
+        _build.load("cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_running_stats_update_and_eval(device, dtype):
+    x = make_input((6, 5, 7, 3), "contiguous", dtype, device)
+    dy = make_input((6, 5, 7, 3), "contiguous", torch.float64, device, gen_seed=3)
+    results = {}
+    for backend in ("reference", BACKEND[device]):
+        rv = torch.ones(5, device=device)
+        nbt = torch.zeros((), dtype=torch.int64, device=device)
+        AF.adaptive_noise(x, 0.2, running_var=rv, num_batches_tracked=nbt, backend=backend)
+        AF.adaptive_noise(
+            x * 2, 0.2, running_var=rv, num_batches_tracked=nbt, momentum=None, backend=backend
+        )
+        alpha = torch.full((5,), 0.3, dtype=ref.stat_dtype(dtype), device=device)
+        ev = _run(x, alpha, backend, dy, running_var=rv, training=False)
+        results[backend] = (rv, nbt) + ev
+    for got, want in zip(results[BACKEND[device]], results["reference"], strict=True):
+        assert_close_to_reference(got, want, torch.float32)
+    # Eval with running statistics: dx = dy exactly.
+    assert torch.equal(results[BACKEND[device]][3], dy.to(dtype))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_stats_grad_false_passes_dy_through(device):
+    x = make_input((4, 3, 5, 5), "contiguous", torch.float32, device)
+    dy = make_input((4, 3, 5, 5), "contiguous", torch.float64, device, gen_seed=4)
+    alpha = torch.full((3,), 0.5, device=device)
+    y, dx, da = _run(x, alpha, BACKEND[device], dy, stats_grad=False)
+    y_ref, _, da_ref = _run(x.double(), alpha.double(), "reference", dy, stats_grad=False)
+    assert torch.equal(dx, dy.float())
+    assert_close_to_reference(y, y_ref, torch.float32)
+    assert_close_to_reference(da, da_ref, torch.float32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_float64(device):
+    x = make_input((3, 4, 5), "contiguous", torch.float64, device).requires_grad_()
+    alpha = torch.tensor([0.1, 0.4, 0.7, 1.0], dtype=torch.float64, device=device)
+    alpha.requires_grad_()
+    rv = torch.rand(4, dtype=torch.float64, device=device) + 0.5
+
+    def batch(x, a):
+        return AF.adaptive_noise(x, a, seed=SEED, backend=BACKEND[device])
+
+    def running(x, a):
+        return AF.adaptive_noise(
+            x, a, seed=SEED, backend=BACKEND[device], running_var=rv, training=False
+        )
+
+    assert torch.autograd.gradcheck(batch, (x, alpha))
+    assert torch.autograd.gradcheck(running, (x, alpha))
+
+
+# ---- determinism, edge cases --------------------------------------------------------------
+
+
+def _everything(x, alpha, dy, backend):
+    xg = x.detach().clone().requires_grad_()
+    ag = alpha.detach().clone().requires_grad_()
+    rv = torch.ones(x.shape[1], device=x.device)
+    y = AF.adaptive_noise(xg, ag, seed=SEED, backend=backend, running_var=rv)
+    y.backward(dy)
+    return y, xg.grad, ag.grad, rv
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_thread_count_does_not_change_results(layout, dtype):
+    # Many chunks per channel (N*S = 60000 > the 16384-element chunk) and many tasks.
+    shape = (6, 8, 100, 100)
+    x = make_input(shape, layout, dtype, "cpu")
+    dy = make_input(shape, layout, dtype, "cpu", gen_seed=5)
+    alpha = torch.linspace(0.1, 0.8, 8)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _everything(x, alpha, dy, "cpu")
+        torch.set_num_threads(2)
+        two = _everything(x, alpha, dy, "cpu")
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(one, two, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_zero_variance_channel_is_finite(device, dtype):
+    x = make_input((4, 3, 6, 6), "contiguous", dtype, device)
+    x[:, 1] = 2.5
+    alpha = torch.full((3,), 0.5, dtype=ref.stat_dtype(dtype), device=device)
+    dy = torch.ones(x.shape, dtype=torch.float64, device=device)
+    y, dx, da = _run(x, alpha, BACKEND[device], dy)
+    assert torch.isfinite(y).all() and torch.isfinite(dx).all() and torch.isfinite(da).all()
+    noise = own_noise(x, SEED)[:, 1]
+    expected = (2.5 + 0.5 * math.sqrt(1e-5) * noise).to(dtype)
+    assert_close_to_reference(y[:, 1], expected, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_alpha_zero_is_bitwise_identity(device, dtype, layout):
+    x = make_input((3, 4, 5, 6), layout, dtype, device)
+    x[0, 0, 0, :2] = torch.tensor([-0.0, 0.0], dtype=dtype)  # -0.0 + 0.0 would give +0.0
+    alpha = torch.tensor([0.0, 0.3, 0.0, 0.2], dtype=ref.stat_dtype(dtype), device=device)
+    y = AF.adaptive_noise(x, alpha, seed=SEED, backend=BACKEND[device], running_var=None)
+    bits = torch.int16 if dtype in (torch.float16, torch.bfloat16) else torch.int32
+    if dtype == torch.float64:
+        bits = torch.int64
+    for c in (0, 2):
+        assert torch.equal(y[:, c].view(bits), x[:, c].view(bits))
+    assert not torch.equal(y[:, 1], x[:, 1])
+    scale = torch.zeros(4, dtype=ref.stat_dtype(dtype), device=device)
+    y0 = ext(device).forward_scaled(x.flatten(2), scale, seed_t(SEED, device))
+    assert torch.equal(y0.view(bits), x.flatten(2).view(bits))
+    assert AF.adaptive_noise(x, 0.0, backend=BACKEND[device]) is x
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nan_propagates_to_its_channel_only(device):
+    x = make_input((3, 4, 5), "contiguous", torch.float32, device)
+    x[1, 2, 3] = float("nan")
+    y = AF.adaptive_noise(x, 0.2, seed=SEED, backend=BACKEND[device])
+    assert torch.isnan(y[:, 2]).all()
+    assert torch.isfinite(y[:, [0, 1, 3]]).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_input(device):
+    x = torch.empty(0, 3, 4, device=device)
+    y, mean, var = ext(device).forward_batch(
+        x, torch.ones(3, device=device), seed_t(1, device), 1e-5
+    )
+    assert y.shape == x.shape and mean.shape == (3,) and var.shape == (3,)
+    assert torch.equal(ext(device).noise_dot(x, seed_t(1, device)), torch.zeros(3, device=device))
+    assert AF.adaptive_noise(x, 0.1, backend=BACKEND[device]).shape == x.shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_launchers_reject_bad_arguments(device):
+    m = ext(device)
+    x = torch.randn(2, 3, 4, device=device)
+    a = torch.ones(3, device=device)
+    s = seed_t(1, device)
+    with pytest.raises(ValueError, match="alpha must have shape"):
+        m.forward_batch(x, torch.ones(4, device=device), s, 1e-5)
+    with pytest.raises(TypeError, match="alpha must have dtype"):
+        m.forward_batch(x, a.double(), s, 1e-5)
+    with pytest.raises(TypeError, match="seed must be an int64"):
+        m.forward_batch(x, a, s.int(), 1e-5)
+    with pytest.raises(ValueError, match="3-D"):
+        m.forward_batch(x[0], a, s, 1e-5)
+    with pytest.raises(TypeError, match="float16, bfloat16, float32 or float64"):
+        m.noise_dot(x.int(), s)
+    with pytest.raises(ValueError, match="dy must have x's shape"):
+        m.backward_batch(x[:1], x, a, a, a, s)
+    other = "cuda" if device == "cpu" else "cpu"
+    if other in DEVICES:
+        with pytest.raises(ValueError, match="must be a"):
+            m.forward_batch(x.to(other), a, s, 1e-5)
+
+
+# ---- memory contract and custom ops ---------------------------------------------------------
+
+
+def _saved_sizes(fn):
+    sizes = []
+
+    def pack(t):
+        sizes.append(t.numel())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sizes
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_forward_saves_at_most_one_input_sized_tensor(device):
+    x = make_input((4, 3, 8, 8), "contiguous", torch.float32, device).requires_grad_()
+    alpha = torch.full((3,), 0.2, device=device, requires_grad=True)
+    rv = torch.ones(3, device=device)
+    b = BACKEND[device]
+    big = x.numel()
+    full = _saved_sizes(lambda: AF.adaptive_noise(x, alpha, backend=b))
+    assert sum(n == big for n in full) <= 1 and all(n in (big, 1, 3) for n in full)
+    no_stats = _saved_sizes(lambda: AF.adaptive_noise(x, alpha, backend=b, stats_grad=False))
+    assert all(n < big for n in no_stats)
+    ev = _saved_sizes(
+        lambda: AF.adaptive_noise(x, alpha, backend=b, running_var=rv, training=False)
+    )
+    assert all(n < big for n in ev)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_opcheck(device, layout):
+    b = BACKEND[device]
+    x = make_input((3, 4, 5, 6), layout, torch.float32, device).requires_grad_()
+    alpha = torch.full((4,), 0.3, device=device, requires_grad=True)
+    s = seed_t(SEED, device)
+    ops = torch.ops.anoise
+    stats = torch.rand(4, device=device) + 0.5
+    torch.library.opcheck(ops.forward_batch, (x, alpha, s, 1e-5, True, b))
+    torch.library.opcheck(ops.forward_batch, (x, alpha, s, 1e-5, False, b))
+    torch.library.opcheck(ops.forward_scaled, (x, stats, s, b))
+    dy = torch.randn_like(x).detach()
+    torch.library.opcheck(ops.backward_batch, (dy, x.detach(), alpha.detach(), stats, stats, s, b))
+    torch.library.opcheck(ops.noise_dot, (dy, s, b))
