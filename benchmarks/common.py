@@ -205,3 +205,24 @@ def plan_rounds(t_call: float, device: torch.device, target_s: float) -> tuple[i
     iterations = max(1, math.ceil(2e-3 / t_call)) if device.type == "cuda" else 1
     rounds = int(min(200, max(3, target_s / (t_call * iterations))))
     return rounds, iterations
+
+
+def run_pedantic(benchmark, call, device: torch.device, target_s: float) -> None:
+    """Warm ``call`` up, then time it with pytest-benchmark's pedantic mode."""
+    t_call = timed_once(call, device)  # compiles, autotunes, fills caches
+    if t_call < 0.5 or device.type == "cuda":
+        t_call = timed_once(call, device)
+    rounds, iterations = plan_rounds(t_call, device, target_s)
+    if device.type == "cuda":
+        if hasattr(benchmark, "_timer"):
+            benchmark._timer = synced_timer
+        else:  # a pytest-benchmark without that attribute: synchronise after every call
+            iterations = 1
+
+            def synced_call(fn=call):
+                out = fn()
+                torch.cuda.synchronize()
+                return out
+
+            call = synced_call
+    benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=0)

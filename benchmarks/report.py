@@ -38,9 +38,21 @@ class Row:
         return LABELS.get(self.impl, self.impl)
 
 
-def load(path) -> tuple[list[Row], dict]:
-    """Rows of a pytest-benchmark JSON file and its metadata (with anoise's own section)."""
-    data = json.loads(Path(path).read_text())
+def load(*paths) -> tuple[list[Row], dict]:
+    """Rows of pytest-benchmark JSON files and the metadata of the first.
+
+    Rows and skipped rows of all files are merged, so one run can be split into several
+    invocations (and the speed-ups still compare rows of the same shape across them).
+    """
+    data = json.loads(Path(paths[0]).read_text())
+    commands = [data.get("anoise", {}).get("command", "?")]
+    for path in paths[1:]:
+        more = json.loads(Path(path).read_text())
+        commands.append(more.get("anoise", {}).get("command", "?"))
+        data.setdefault("benchmarks", []).extend(more.get("benchmarks", []))
+        skipped = more.get("anoise", {}).get("skipped", [])
+        data.setdefault("anoise", {}).setdefault("skipped", []).extend(skipped)
+    data.setdefault("anoise", {})["commands"] = commands
     rows = []
     for b in data.get("benchmarks", []):
         info = b.get("extra_info") or {}
@@ -163,8 +175,9 @@ def header(data: dict, note: str | None) -> list[str]:
         f"- Machine: {machine}",
         f"- Versions: torch {env.get('torch', '?')} (CUDA {env.get('torch_cuda')}), "
         f"triton {env.get('triton')}, python {env.get('python', '?')}",
-        f"- Command: `{meta.get('command', '?')}`",
     ]
+    commands = meta.get("commands") or [meta.get("command", "?")]
+    lines += [f"- Command: `{c}`" for c in commands]
     backends = env.get("backends") or {}
     if backends:
         parts = [f"{n}: {'usable' if ok else 'unusable (' + (why or '?') + ')'}"
@@ -268,7 +281,7 @@ def summary(rows: list[Row], copy_gbps: float | None = None, shape: str | None =
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("json", help="pytest-benchmark JSON (--benchmark-json)")
+    p.add_argument("json", nargs="+", help="pytest-benchmark JSON files (--benchmark-json)")
     p.add_argument("--out", help="Markdown file to write")
     p.add_argument("--png", help="speed-up chart to write (its path is linked from --out)")
     p.add_argument("--note", help="a line shown under the title")
@@ -276,7 +289,7 @@ def main(argv=None) -> int:
     p.add_argument("--summary", action="store_true", help="print a short plain-text table")
     p.add_argument("--shape", help="with --summary: only groups containing this text")
     args = p.parse_args(argv)
-    rows, data = load(args.json)
+    rows, data = load(*args.json)
     if args.summary:
         print(summary(rows, args.copy_gbps, args.shape))
     png_link = None

@@ -43,12 +43,7 @@ def test_resnet20_step(benchmark, device, target_s, e2e_batch, e2e_impl):
         opt.step()
         return loss
 
-    common.timed_once(step, device)
-    t_call = common.timed_once(step, device)
-    rounds, iterations = common.plan_rounds(t_call, device, target_s)
-    if device.type == "cuda":
-        benchmark._timer = common.synced_timer
-    benchmark.pedantic(step, rounds=rounds, iterations=iterations, warmup_rounds=0)
+    common.run_pedantic(benchmark, step, device, target_s)
 
     mean = benchmark.stats.stats.mean
     key = (device.type, e2e_batch)

@@ -25,13 +25,7 @@ def test_op(benchmark, request, device, target_s, shape, dtype_name, mode, impl)
     torch.manual_seed(0)
     x = torch.randn(shape, device=device, dtype=dtype)
     call = common.make_call(impl, mode, x)
-    t_call = common.timed_once(call, device)  # compiles, autotunes, fills caches
-    if impl == "compiled" or t_call < 0.5:
-        t_call = common.timed_once(call, device)
-    rounds, iterations = common.plan_rounds(t_call, device, target_s)
-    if device.type == "cuda":
-        benchmark._timer = common.synced_timer
-    benchmark.pedantic(call, rounds=rounds, iterations=iterations, warmup_rounds=0)
+    common.run_pedantic(benchmark, call, device, target_s)
 
     numel, itemsize = x.numel(), x.element_size()
     mean = benchmark.stats.stats.mean

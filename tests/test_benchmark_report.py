@@ -113,3 +113,16 @@ def test_cli_writes_markdown_and_chart(bench_json, tmp_path):
     assert report.main([str(bench_json), "--out", str(out), "--png", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![speed-up over the eager reference](speedup.png)" in out.read_text()
+
+
+def test_files_are_merged(bench_json, tmp_path):
+    second = tmp_path / "compiled.json"
+    second.write_text(json.dumps({
+        "benchmarks": [_op("compiled", "eval", 0.5)],
+        "anoise": {"command": "pytest benchmarks -k compiled",
+                   "skipped": [{"name": "x", "reason": "slow"}]},
+    }))
+    rows, data = report.load(bench_json, second)
+    assert _row(rows, "triton", "eval").speedup_compiled == pytest.approx(2.0)
+    assert data["anoise"]["commands"] == ["pytest benchmarks", "pytest benchmarks -k compiled"]
+    assert [s["reason"] for s in data["anoise"]["skipped"]] == ["no GPU", "slow"]
