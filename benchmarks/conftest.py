@@ -39,6 +39,9 @@ def pytest_addoption(parser):
     g.addoption("--bench-compile-probe-s", type=float, default=None,
                 help="compiled rows run only if torch.compile of the reference finishes on a "
                      "tiny input within this many seconds (default 60 on cpu, 240 on cuda)")
+    g.addoption("--bench-deadline-s", type=float, default=None,
+                help="rows that would start later than this many seconds into the run are "
+                     "skipped (so a time-boxed run still writes its JSON)")
     g.addoption("--bench-e2e-batch", type=int, default=None,
                 help="batch of the end-to-end training step (default 32 on cpu, 128 on cuda)")
 
@@ -172,6 +175,14 @@ def environment_info(device: torch.device) -> dict:
 
 def pytest_configure(config):
     config._anoise_skips = []
+    config._anoise_t0 = time.monotonic()
+
+
+@pytest.fixture(autouse=True)
+def _deadline(pytestconfig):
+    limit = pytestconfig.getoption("--bench-deadline-s")
+    if limit is not None and time.monotonic() - pytestconfig._anoise_t0 > limit:
+        pytest.skip(f"the run's time budget (--bench-deadline-s {limit:g}) was spent")
 
 
 def pytest_runtest_logreport(report):
