@@ -196,14 +196,15 @@ def timed_once(fn, device: torch.device) -> float:
 
 
 def plan_rounds(t_call: float, device: torch.device, target_s: float) -> tuple[int, int]:
-    """``(rounds, iterations)``: about ``target_s`` of timing, at least 3 rounds.
+    """``(rounds, iterations)``: about ``target_s`` of timing, at least 3 rounds (2 for calls
+    over a second: the eager reference on a CPU, whose spread is small next to its time).
 
     On GPU a round holds enough calls to last about 2 ms, so the host's synchronisation at
     the round's ends is a small share of it.
     """
     t_call = max(t_call, 1e-7)
     iterations = max(1, math.ceil(2e-3 / t_call)) if device.type == "cuda" else 1
-    rounds = int(min(200, max(3, target_s / (t_call * iterations))))
+    rounds = int(min(200, max(2 if t_call > 1.0 else 3, target_s / (t_call * iterations))))
     return rounds, iterations
 
 

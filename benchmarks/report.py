@@ -59,6 +59,7 @@ def load(*paths) -> tuple[list[Row], dict]:
         if "impl" not in info:
             continue
         st = b["stats"]
+        info = dict(info, min=st.get("min", st["mean"]))
         rows.append(Row(b.get("group") or "", info["impl"], info.get("mode", ""), st["mean"],
                         st.get("stddev", 0.0), st.get("rounds", 0), info))
     add_speedups(rows)
@@ -112,7 +113,7 @@ def _gbps(r: Row) -> float | None:
 
 def op_table(rows: list[Row], copy_gbps: float | None = None) -> list[str]:
     has_compiled = any(r.impl == "compiled" for r in rows)
-    head = ["backend", "mode", "mean time", "GB/s", "Melem/s", "vs eager"]
+    head = ["backend", "mode", "mean time", "min", "GB/s", "Melem/s", "vs eager"]
     if has_compiled:
         head.append("vs compile")
     if copy_gbps:
@@ -124,6 +125,7 @@ def op_table(rows: list[Row], copy_gbps: float | None = None) -> list[str]:
                                          r.impl)):
         gbps = _gbps(r)
         cells = [r.label, r.mode, f"{fmt_time(r.mean)} ± {fmt_time(r.stddev)}",
+                 fmt_time(r.info.get("min", r.mean)),
                  "-" if gbps is None else f"{gbps:.3g}",
                  f"{r.info['numel'] / r.mean / 1e6:.4g}", fmt_x(r.speedup_eager)]
         if has_compiled:
@@ -176,6 +178,10 @@ def header(data: dict, note: str | None) -> list[str]:
         f"- Versions: torch {env.get('torch', '?')} (CUDA {env.get('torch_cuda')}), "
         f"triton {env.get('triton')}, python {env.get('python', '?')}",
     ]
+    if env.get("load_average") is not None:
+        lines.append(f"- Load average (1, 5, 15 min) at the start: "
+                     f"{meta.get('load_average_at_start')}, at the end: {env['load_average']}; "
+                     f"OMP_WAIT_POLICY={env.get('omp_wait_policy')}")
     commands = meta.get("commands") or [meta.get("command", "?")]
     lines += [f"- Command: `{c}`" for c in commands]
     backends = env.get("backends") or {}
