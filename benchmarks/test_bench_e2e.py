@@ -44,6 +44,8 @@ def test_resnet20_step(benchmark, device, target_s, e2e_batch, e2e_impl):
         return loss
 
     common.run_pedantic(benchmark, step, device, target_s)
+    if benchmark.stats is None:  # --benchmark-disable: a smoke run, nothing was timed
+        return
 
     mean = benchmark.stats.stats.mean
     key = (device.type, e2e_batch)
