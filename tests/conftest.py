@@ -18,8 +18,10 @@ import pytest  # noqa: E402
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 # (atol, rtol) per dtype, against the reference run in float64 on the same seed (SPEC 6).
+# The noise itself is float32 and matches across backends to ~1e-7 (SPEC 3 allows 1e-5: log,
+# cos and sqrt differ by a few ULP between libraries), so float64 is held to float32's bound.
 TOLERANCES = {
-    torch.float64: (1e-10, 1e-10),
+    torch.float64: (1e-5, 1e-5),
     torch.float32: (1e-5, 1e-5),
     torch.float16: (1e-2, 1e-2),
     torch.bfloat16: (2e-2, 2e-2),

@@ -1,5 +1,6 @@
 """Statistics synchronised across 2 processes (gloo, CPU) equal one process on the whole batch."""
 
+import gc
 import os
 import tempfile
 
@@ -39,20 +40,28 @@ def _step(model, x, w):
     return out.detach(), x.grad
 
 
+def _rank_step(rank, result_file):
+    model = anoise.convert_sync(_model())
+    ddp = nn.parallel.DistributedDataParallel(model)
+    x, w = _data()
+    lo = sum(BATCH[:rank])
+    out, xgrad = _step(ddp, x[lo : lo + BATCH[rank]], w[lo : lo + BATCH[rank]])
+    torch.save({
+        "out": out, "xgrad": xgrad,
+        "grads": {k: p.grad for k, p in model.named_parameters()},
+        "running_var": [m.running_var for m in anoise.noise_layers(model)],
+    }, f"{result_file}.{rank}")
+
+
 def _worker(rank, init_file, result_file):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)
     try:
-        model = anoise.convert_sync(_model())
-        ddp = nn.parallel.DistributedDataParallel(model)
-        x, w = _data()
-        lo = sum(BATCH[:rank])
-        out, xgrad = _step(ddp, x[lo : lo + BATCH[rank]], w[lo : lo + BATCH[rank]])
-        torch.save({
-            "out": out, "xgrad": xgrad,
-            "grads": {k: p.grad for k, p in model.named_parameters()},
-            "running_var": [m.running_var for m in anoise.noise_layers(model)],
-        }, f"{result_file}.{rank}")
+        _rank_step(rank, result_file)
+        # Free DDP's reducer while the group is alive: a reducer that outlives it can
+        # deadlock gloo's teardown.
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
