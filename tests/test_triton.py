@@ -203,7 +203,7 @@ def test_split_matches_fused_and_is_deterministic(device):
     seed = torch.tensor([SEED], device=device)
     y_f, m_f, v_f = K.forward_batch(x3, alpha, seed, 1e-5)
     dy = torch.randn_like(x)
-    with K.configure(block=(1, 4, 8), chunks=3):
+    with K.configure(block=(2, 4, 16), chunks=3):
         assert K._config.plan(x3).chunks == 3
         y1, m1, v1 = K.forward_batch(x3, alpha, seed, 1e-5)
         y2, m2, v2 = K.forward_batch(x3, alpha, seed, 1e-5)
@@ -268,24 +268,32 @@ def test_64bit_noise_indices(device, layout):
 
 def test_plan_layouts_and_index_width():
     tile = 2048
-    with K.configure(tile=tile):
+    with K.configure(tile=tile, program_overhead=128):
+        # Contiguous NCHW, 56x56 maps: a contiguous run along S that divides 3136 (no padding).
         nchw = torch.empty(8, 64, 56 * 56, device="meta")
         p = K._config.plan(nchw)
-        assert p.block_s >= 128 and p.block_n * p.block_c * p.block_s <= tile and not p.int64
+        assert p.block_s >= 32 and 3136 % p.block_s == 0 and not p.int64
+        assert p.block_n * p.block_c * p.block_s <= tile
         cl = torch.empty(8, 56, 56, 64, device="meta").permute(0, 3, 1, 2).reshape(8, 64, -1)
         assert cl.stride(1) == 1
-        p = K._config.plan(cl)
-        assert p.block_c == 64 and p.block_s > 1
+        assert K._config.plan(cl).block_c >= 32  # channels_last: runs along C
         lin_t = torch.empty(64, 1024, device="meta").t().unsqueeze(-1)  # (1024, 64, 1)
         p = K._config.plan(lin_t)
-        assert p.block_n >= 128 and p.block_s == 1
+        assert p.block_n >= 32 and p.block_s == 1  # transposed: runs along N
+        lin = torch.empty(4096, 1024, 1, device="meta")
+        p = K._config.plan(lin)
+        assert 32 <= p.block_c < 1024 and p.channel_blocks > 1  # many channel blocks
         huge = torch.empty(2**20, 2**4, 2**8, device="meta")
-        assert K._config.plan(huge).int64
-        # Reduction programs never carry more than 2**24 elements per channel (exact counts).
         p = K._config.plan(huge)
+        assert p.int64
+        # Reduction programs never carry more than 2**24 elements per channel (exact counts).
         assert p.tiles_per_program * p.block_n * p.block_s <= 2**24
         assert p.chunks * p.tiles_per_program >= p.tiles
+    with K.configure(block=(2, 4, 8)):
+        assert K._config.plan(nchw)[:3] == (2, 4, 8)
     with pytest.raises(ValueError, match="power of two"), K.configure(tile=1000):
+        K._config.plan(nchw)
+    with pytest.raises(ValueError, match="powers of two"), K.configure(block=(3, 1, 1)):
         K._config.plan(nchw)
     with pytest.raises(TypeError, match="unknown kernel config"), K.configure(tiles=3):
         pass
