@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import re
 import subprocess
 import tempfile
@@ -133,14 +134,19 @@ def representative_launches():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--json", action="store_true", help="one JSON record per kernel")
     args = parser.parse_args(argv)
     _launch_planner_gpu_defaults()
     for label, run in representative_launches():
         with intercept(args.arch) as compiled:
             run()
         for c in compiled:
-            print(f"{label:28s} {c.kernel:22s} regs={c.n_regs:3d} local={c.local_bytes} "
-                  f"{c.vector_ops()}")
+            if args.json:
+                print(json.dumps(dict(case=label, kernel=c.kernel, regs=c.n_regs,
+                                      local_bytes=c.local_bytes, vector_ops=c.vector_ops())))
+            else:
+                print(f"{label:28s} {c.kernel:22s} regs={c.n_regs:3d} local={c.local_bytes} "
+                      f"{c.vector_ops()}")
 
 
 def _launch_planner_gpu_defaults():
