@@ -8,6 +8,8 @@ index path on small tensors.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 import triton
@@ -19,6 +21,19 @@ from ._config import plan, unit_dim
 # Channels per program and chunks per step in the (small) combine kernels.
 _COMBINE_BLOCK_C = 128
 _COMBINE_ELEMS = 2048
+
+
+def _on_input_device(fn):
+    """Launch on the first argument's GPU (Triton launches on the current device)."""
+
+    @functools.wraps(fn)
+    def wrapper(t, *args, **kwargs):
+        if t.is_cuda:
+            with torch.cuda.device(t.device):
+                return fn(t, *args, **kwargs)
+        return fn(t, *args, **kwargs)
+
+    return wrapper
 
 
 def _acc(dtype: torch.dtype):
@@ -63,6 +78,7 @@ def _tiling(p, **units):
                 **units)
 
 
+@_on_input_device
 def forward_batch(x3, alpha, seed, eps, *, index_base: int = 0):
     """``(y3, mean, var)``: batch statistics (var biased) and ``y = x + alpha*sigma*eps``."""
     _check3("x3", x3)
@@ -99,6 +115,7 @@ def forward_batch(x3, alpha, seed, eps, *, index_base: int = 0):
     return y3, mean, var
 
 
+@_on_input_device
 def forward_scaled(x3, scale, seed, *, index_base: int = 0):
     """``y = x + scale_c * eps`` (running statistics in eval)."""
     _check3("x3", x3)
@@ -150,6 +167,7 @@ def _reduce_noise(dy3, x3, dx3, seed, alpha, mean, sigma, g, index_base, want_dx
     return p, (None if fused else part), tiling
 
 
+@_on_input_device
 def noise_dot(dy3, seed, *, index_base: int = 0):
     """``g_c = sum(dy * eps)`` over channel ``c``."""
     _check3("dy3", dy3)
@@ -164,6 +182,7 @@ def noise_dot(dy3, seed, *, index_base: int = 0):
     return g
 
 
+@_on_input_device
 def backward_batch(dy3, x3, alpha, mean, sigma, seed, *, index_base: int = 0):
     """``(dx3, g)``: ``g_c = sum(dy * eps)``, ``dx = dy + alpha_c*(x-mean_c)/(M*sigma_c)*g_c``."""
     _check3("dy3", dy3)
@@ -200,6 +219,7 @@ def _combine_g(part, g, alpha, sigma, coef, M):
     )
 
 
+@_on_input_device
 def philox_at(offsets: torch.Tensor, seed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(words, rand, randn)`` of the noise stream at int64 ``offsets`` (for tests).
 
