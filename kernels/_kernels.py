@@ -209,18 +209,7 @@ def inject_kernel(x_ptr, y_ptr, scale_ptr, seed_ptr, N, C, S, sxn, sxc, sxs, syn
                  TS, BN, BC, BS, UNIT_X, UNIT_Y, INT64, ACC)
 
 
-# -- backward ---------------------------------------------------------------------------------
-#
-# With y = x + alpha_c * sigma_c * eps and sigma_c = sqrt(var_c + eps0) from the batch, the
-# only path from x to y besides the identity goes through sigma_c.  Write G_c for the sum over
-# channel c of dy * eps.  Then dL/dsigma_c = alpha_c * G_c, and since
-# dsigma_c/dx_k = (x_k - mean_c) / (M * sigma_c) (the mean's own dependence on x cancels
-# because the deviations sum to zero), dx_k = dy_k + alpha_c * G_c / (M * sigma_c) *
-# (x_k - mean_c).  So backward is one reduction that regenerates eps from the seed (the noise is
-# never stored) to form G_c, then an elementwise pass dx = dy + coef_c * (x - mean_c) with
-# coef_c = alpha_c * G_c / (M * sigma_c), which needs no noise at all.  d alpha_c =
-# sigma_c * G_c is formed from G by the caller.  When sigma is not differentiated (or comes
-# from running statistics) dx = dy and only G is needed (noise_dot).
+# -- backward (the math is in noise_dot_kernel's docstring) ----------------------------------
 
 
 @triton.jit
@@ -244,7 +233,17 @@ def noise_dot_kernel(dy_ptr, x_ptr, dx_ptr, seed_ptr, alpha_ptr, mean_ptr, sigma
                      TS, R, TPP, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
                      UNIT_D: tl.constexpr, UNIT_X: tl.constexpr, UNIT_O: tl.constexpr,
                      INT64: tl.constexpr, ACC: tl.constexpr, MODE: tl.constexpr):
-    """Per-channel ``sum(dy * eps)`` over this program's tiles.
+    """Per-channel ``G_c = sum(dy * eps)`` over this program's tiles, and the backward pass.
+
+    The math: with ``y = x + alpha_c * sigma_c * eps`` and ``sigma_c = sqrt(var_c + eps0)`` from
+    the batch, the only path from ``x`` to ``y`` besides the identity runs through ``sigma_c``.
+    ``dL/dsigma_c = alpha_c * G_c``, and ``dsigma_c/dx_k = (x_k - mean_c) / (M * sigma_c)``
+    (the mean's own dependence on ``x`` drops out because the deviations sum to zero), so
+    ``dx_k = dy_k + coef_c * (x_k - mean_c)`` with ``coef_c = alpha_c * G_c / (M * sigma_c)``.
+    Backward is therefore one reduction that regenerates ``eps`` from the seed (the noise is
+    never stored) to form ``G_c``, then an elementwise pass that needs no noise at all.  The
+    caller forms ``d alpha_c = sigma_c * G_c``.  When ``sigma`` is a constant (``stats_grad``
+    off, or running statistics) ``dx = dy`` and only ``G`` is needed (``noise_dot``).
 
     MODE 0: write the partial sum to ``part[k, c]`` (split reduction, see combine_g_kernel).
     MODE 1: the program covers whole channels; write ``G`` to ``g``.

@@ -306,6 +306,28 @@ def test_plan_layouts_and_index_width():
         pass
 
 
+def test_plan_on_a_gpu_spreads_reductions(monkeypatch):
+    """The GPU heuristics, planned on fake CUDA tensors (no GPU needed): enough reduction
+    programs to fill 132 SMs when channels are few, one fused pass when they are many."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setitem(K._config._SM_COUNT, 0, 132)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    with FakeTensorMode():
+        few_channels = torch.empty(256, 64, 56 * 56, device="cuda")
+        many_channels = torch.empty(16, 2048, 7 * 7, device="cuda")
+        one_channel_huge = torch.empty(2, 1, 2**31, device="cuda")
+    p = K._config.plan(few_channels)
+    assert p.channel_blocks * p.chunks >= 2 * 132
+    assert p.tiles_per_program >= K.config.min_tiles_per_program
+    assert p.chunks * p.tiles_per_program >= p.tiles
+    p = K._config.plan(many_channels)
+    assert p.chunks == 1 and p.channel_blocks >= 132
+    p = K._config.plan(one_channel_huge)
+    assert p.int64 and p.chunks > 1
+    assert p.tiles_per_program * p.block_n * p.block_s <= 2**24
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
 def test_zero_variance_channel_and_zero_alpha_channel(device, dtype):
