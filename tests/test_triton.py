@@ -260,11 +260,23 @@ def test_64bit_noise_indices(device, layout):
     seed = torch.tensor([SEED], device=device)
     scale = _alpha(C, device)
     eps = philox.philox_normal(SEED, base + torch.arange(N * C * S)).view(N, C, S).to(device)
-    with K.configure(block=(1, 2, 16)):
-        y = K.forward_scaled(x3, scale, seed, index_base=base)
-        g = K.noise_dot(x3, seed, index_base=base)
-    torch.testing.assert_close(y, x3 + scale.view(1, C, 1) * eps, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(g, (x3 * eps).sum((0, 2)), atol=1e-4, rtol=1e-5)
+    mu = x3.mean((0, 2))
+    sigma = torch.sqrt(x3.var((0, 2), unbiased=False) + 1e-5)
+    for cfg in [dict(block=(1, 2, 16)), dict(block=(2, 4, 32), chunks=2), {}]:
+        with K.configure(**cfg):
+            y = K.forward_scaled(x3, scale, seed, index_base=base)
+            g = K.noise_dot(x3, seed, index_base=base)
+            yb, mean, var = K.forward_batch(x3, scale, seed, 1e-5, index_base=base)
+            dx, gb = K.backward_batch(x3, x3, scale, mu, sigma, seed, index_base=base)
+        torch.testing.assert_close(y, x3 + scale.view(1, C, 1) * eps, atol=1e-5, rtol=1e-5)
+        G = (x3 * eps).sum((0, 2))
+        torch.testing.assert_close(g, G, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(gb, G, atol=1e-4, rtol=1e-5)
+        expected = x3 + (scale * sigma).view(1, C, 1) * eps
+        torch.testing.assert_close(yb, expected, atol=1e-5, rtol=1e-5)
+        coef = (scale * G / (N * S * sigma)).view(1, C, 1)
+        torch.testing.assert_close(dx, x3 + coef * (x3 - mu.view(1, C, 1)), atol=1e-5,
+                                   rtol=1e-5)
     with K.configure(force_int64=True):
         assert K._config.plan(x3).int64
         assert torch.equal(K.forward_scaled(x3, scale, seed), K.forward_scaled(x3, scale, seed))
