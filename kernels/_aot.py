@@ -28,7 +28,7 @@ from triton.runtime.jit import create_function_from_signature
 from . import _kernels, _launch
 
 KERNELS = ("stats_kernel", "combine_stats_kernel", "inject_kernel", "noise_dot_kernel",
-           "combine_g_kernel", "dx_kernel")
+           "combine_g_kernel", "dx_kernel", "philox_kernel")
 
 
 @dataclass
@@ -129,6 +129,7 @@ def representative_launches():
     yield "linear fp32 split", fwd_bwd((4096, 1024), torch.float32, chunks=4)
     yield "nchw fp64 int64 split", fwd_bwd((8, 16, 8, 8), torch.float64, chunks=2,
                                            force_int64=True)
+    yield "raw stream", lambda: _launch.philox_at(torch.arange(4096), 2**64 - 1)
 
 
 def main(argv=None):

@@ -32,9 +32,9 @@ def compiled():
 def test_every_kernel_compiles_for_sm90(compiled):
     kernels = {r["kernel"] for r in compiled}
     assert kernels == {"stats_kernel", "combine_stats_kernel", "inject_kernel",
-                       "noise_dot_kernel", "combine_g_kernel", "dx_kernel"}
+                       "noise_dot_kernel", "combine_g_kernel", "dx_kernel", "philox_kernel"}
     cases = {r["case"] for r in compiled}
-    assert len(cases) == 5
+    assert len(cases) == 6
     for r in compiled:
         assert r["local_bytes"] == 0, r  # no spills
         assert 0 < r["regs"] <= 128, r  # leaves room for several programs per SM
