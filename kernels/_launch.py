@@ -1,0 +1,242 @@
+"""Launchers of the Triton backend (the interface of :mod:`anoise.backends`).
+
+Each launcher takes ``(N, C, S)`` views of any strides and returns outputs laid out like the
+input (``torch.empty_like``).  ``index_base`` shifts every element's noise index (element ``i``
+draws ``randn(seed, index_base + i)``); it is 0 in normal use and lets tests drive the 64-bit
+index path on small tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from . import _kernels as K
+from ._config import plan, unit_dim
+
+# Channels per program and chunks per step in the (small) combine kernels.
+_COMBINE_BLOCK_C = 128
+_COMBINE_ELEMS = 2048
+
+
+def _on_input_device(fn):
+    """Launch on the first argument's GPU (Triton launches on the current device)."""
+
+    @functools.wraps(fn)
+    def wrapper(t, *args, **kwargs):
+        if t.is_cuda:
+            with torch.cuda.device(t.device):
+                return fn(t, *args, **kwargs)
+        return fn(t, *args, **kwargs)
+
+    return wrapper
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check3(name: str, t: torch.Tensor) -> None:
+    if t.dim() != 3:
+        raise ValueError(f"{name} must be an (N, C, S) view, got shape {tuple(t.shape)}")
+
+
+def _check_seed(seed: torch.Tensor, like: torch.Tensor) -> None:
+    if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != like.device:
+        raise ValueError(
+            f"seed must be a 1-element int64 tensor on {like.device}, got {seed.dtype} "
+            f"with {seed.numel()} elements on {seed.device}"
+        )
+
+
+def _per_channel(t: torch.Tensor, C: int, dtype: torch.dtype) -> torch.Tensor:
+    return t.to(dtype).expand(C).contiguous()
+
+
+def _eps_split(eps: float, dtype: torch.dtype) -> tuple[float, float]:
+    """``eps`` as a float32 value plus (for float64 input) its float32 rounding error."""
+    hi = float(np.float32(eps))
+    return hi, (float(eps) - hi if dtype == torch.float64 else 0.0)
+
+
+def _combine_blocks(C: int, chunks: int) -> tuple[int, int]:
+    bc = min(triton.next_power_of_2(C), _COMBINE_BLOCK_C)
+    bk = min(triton.next_power_of_2(chunks), max(_COMBINE_ELEMS // bc, 1))
+    return bc, bk
+
+
+def _tiling(p, **units):
+    return dict(BN=p.block_n, BC=p.block_c, BS=p.block_s, INT64=p.int64, num_warps=p.num_warps,
+                **units)
+
+
+@_on_input_device
+def forward_batch(x3, alpha, seed, eps, *, index_base: int = 0):
+    """``(y3, mean, var)``: batch statistics (var biased) and ``y = x + alpha*sigma*eps``."""
+    _check3("x3", x3)
+    _check_seed(seed, x3)
+    N, C, S = x3.shape
+    sd = _stats_dtype(x3.dtype)
+    y3 = torch.empty_like(x3)
+    mean = x3.new_empty((C,), dtype=sd)
+    var = x3.new_empty((C,), dtype=sd)
+    if x3.numel() == 0:
+        return y3, mean.fill_(float("nan")), var.fill_(float("nan"))
+    alpha = _per_channel(alpha, C, sd)
+    eps_hi, eps_lo = _eps_split(eps, x3.dtype)
+    p = plan(x3, y3, index_base=index_base)
+    tiling = _tiling(p, UNIT_X=unit_dim(x3), UNIT_Y=unit_dim(y3))
+    args = (N, C, S, *x3.stride(), *y3.stride(), eps_hi, eps_lo, index_base, p.tiles_s, p.tiles,
+            p.tiles_per_program)
+    acc = _acc(x3.dtype)
+    if p.chunks == 1:
+        K.stats_kernel[(p.channel_blocks,)](
+            x3, y3, alpha, seed, mean, var, mean, *args, 1, ACC=acc, FUSED=True, **tiling
+        )
+        return y3, mean, var
+    part = torch.empty((3, p.chunks, C), dtype=sd, device=x3.device)
+    K.stats_kernel[(p.channel_blocks * p.chunks,)](
+        x3, y3, alpha, seed, mean, var, part, *args, p.chunks, ACC=acc, FUSED=False, **tiling
+    )
+    scale = torch.empty_like(mean)
+    bc, bk = _combine_blocks(C, p.chunks)
+    K.combine_stats_kernel[(triton.cdiv(C, bc),)](
+        part, alpha, mean, var, scale, C, p.chunks, eps_hi, eps_lo, BC=bc, BK=bk, ACC=acc
+    )
+    _inject(x3, y3, scale, seed, p, index_base, tiling)
+    return y3, mean, var
+
+
+@_on_input_device
+def forward_scaled(x3, scale, seed, *, index_base: int = 0):
+    """``y = x + scale_c * eps`` (running statistics in eval)."""
+    _check3("x3", x3)
+    _check_seed(seed, x3)
+    y3 = torch.empty_like(x3)
+    if x3.numel() == 0:
+        return y3
+    scale = _per_channel(scale, x3.shape[1], _stats_dtype(x3.dtype))
+    p = plan(x3, y3, index_base=index_base)
+    _inject(x3, y3, scale, seed, p, index_base,
+            _tiling(p, UNIT_X=unit_dim(x3), UNIT_Y=unit_dim(y3)))
+    return y3
+
+
+def _inject(x3, y3, scale, seed, p, index_base, tiling):
+    N, C, S = x3.shape
+    K.inject_kernel[(p.channel_blocks * p.tiles,)](
+        x3, y3, scale, seed, N, C, S, *x3.stride(), *y3.stride(), index_base, p.tiles_s,
+        ACC=_acc(x3.dtype), **tiling
+    )
+
+
+def _reduce_noise(dy3, x3, dx3, seed, alpha, mean, sigma, g, index_base, want_dx):
+    """Run noise_dot_kernel; returns the plan and, when split, the partial sums."""
+    N, C, S = dy3.shape
+    # Tile order from dy's layout unless dy has no unit stride (e.g. the expanded gradient of a
+    # sum, all strides 0).
+    lead = dy3 if unit_dim(dy3) >= 0 or x3 is None else x3
+    others = [t for t in (dy3, x3, dx3) if t is not None and t is not lead]
+    p = plan(lead, *others, index_base=index_base)
+    xs = x3.stride() if x3 is not None else (0, 0, 0)
+    os_ = dx3.stride() if dx3 is not None else (0, 0, 0)
+    tiling = _tiling(
+        p,
+        UNIT_D=unit_dim(dy3),
+        UNIT_X=unit_dim(x3) if x3 is not None else -1,
+        UNIT_O=unit_dim(dx3) if dx3 is not None else -1,
+    )
+    fused = p.chunks == 1
+    part = g if fused else torch.empty((p.chunks, C), dtype=g.dtype, device=g.device)
+    mode = (2 if want_dx else 1) if fused else 0
+    K.noise_dot_kernel[(p.channel_blocks * p.chunks,)](
+        dy3, x3 if x3 is not None else dy3, dx3 if dx3 is not None else dy3, seed,
+        alpha if alpha is not None else g, mean if mean is not None else g,
+        sigma if sigma is not None else g, g, part, N, C, S, *dy3.stride(), *xs, *os_,
+        index_base, N * S, p.tiles_s, p.tiles, p.tiles_per_program,
+        ACC=_acc(dy3.dtype), MODE=mode, **tiling,
+    )
+    return p, (None if fused else part), tiling
+
+
+@_on_input_device
+def noise_dot(dy3, seed, *, index_base: int = 0):
+    """``g_c = sum(dy * eps)`` over channel ``c``."""
+    _check3("dy3", dy3)
+    _check_seed(seed, dy3)
+    C = dy3.shape[1]
+    g = dy3.new_empty((C,), dtype=_stats_dtype(dy3.dtype))
+    if dy3.numel() == 0:
+        return g.zero_()
+    _, part, _ = _reduce_noise(dy3, None, None, seed, None, None, None, g, index_base, False)
+    if part is not None:
+        _combine_g(part, g, None, None, None, 0)
+    return g
+
+
+@_on_input_device
+def backward_batch(dy3, x3, alpha, mean, sigma, seed, *, index_base: int = 0):
+    """``(dx3, g)``: ``g_c = sum(dy * eps)``, ``dx = dy + alpha_c*(x-mean_c)/(M*sigma_c)*g_c``."""
+    _check3("dy3", dy3)
+    _check3("x3", x3)
+    _check_seed(seed, dy3)
+    if dy3.shape != x3.shape:
+        raise ValueError(f"dy3 {tuple(dy3.shape)} and x3 {tuple(x3.shape)} must match")
+    N, C, S = dy3.shape
+    sd = _stats_dtype(x3.dtype)
+    dx3 = torch.empty_like(dy3)
+    g = dy3.new_empty((C,), dtype=sd)
+    if dy3.numel() == 0:
+        return dx3, g.zero_()
+    alpha, mean, sigma = (_per_channel(t, C, sd) for t in (alpha, mean, sigma))
+    p, part, tiling = _reduce_noise(dy3, x3, dx3, seed, alpha, mean, sigma, g, index_base, True)
+    if part is None:
+        return dx3, g
+    coef = torch.empty_like(g)
+    _combine_g(part, g, alpha, sigma, coef, N * S)
+    K.dx_kernel[(p.channel_blocks * p.tiles,)](
+        dy3, x3, dx3, coef, mean, N, C, S, *dy3.stride(), *x3.stride(), *dx3.stride(),
+        p.tiles_s, ACC=_acc(dy3.dtype), **tiling,
+    )
+    return dx3, g
+
+
+def _combine_g(part, g, alpha, sigma, coef, M):
+    chunks, C = part.shape
+    bc, bk = _combine_blocks(C, chunks)
+    with_coef = coef is not None
+    K.combine_g_kernel[(triton.cdiv(C, bc),)](
+        part, alpha if with_coef else g, sigma if with_coef else g, g, coef if with_coef else g,
+        C, chunks, M, BC=bc, BK=bk, ACC=_acc(g.dtype), COEF=with_coef,
+    )
+
+
+@_on_input_device
+def philox_at(offsets: torch.Tensor, seed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(words, rand, randn)`` of the noise stream at int64 ``offsets`` (for tests).
+
+    ``words`` is int64 ``(n, 4)`` in ``[0, 2**32)`` (``tl.randint4x``), ``rand`` and ``randn``
+    float32 ``(n,)``; ``seed`` an int in ``[0, 2**64)`` or a (1,) int64 tensor.
+    """
+    offsets = offsets.to(torch.int64).contiguous().view(-1)
+    if not isinstance(seed, torch.Tensor):
+        seed = int(seed)
+        signed = seed - 2**64 if seed >= 2**63 else seed
+        seed = torch.tensor([signed], dtype=torch.int64, device=offsets.device)
+    n = offsets.numel()
+    words = torch.empty((n, 4), dtype=torch.int32, device=offsets.device)
+    rand = torch.empty(n, dtype=torch.float32, device=offsets.device)
+    randn = torch.empty(n, dtype=torch.float32, device=offsets.device)
+    if n:
+        block = 256
+        K.philox_kernel[(triton.cdiv(n, block),)](offsets, seed, words, rand, randn, n,
+                                                  BLOCK=block)
+    return words.to(torch.int64) & 0xFFFFFFFF, rand, randn
