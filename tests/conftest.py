@@ -27,6 +27,20 @@ TOLERANCES = {
     torch.bfloat16: (2e-2, 2e-2),
 }
 
+def usable_backends(device: str) -> list[str]:
+    """The backends that run on ``device`` tensors here (reference included)."""
+    from anoise.backends import BACKEND_NAMES, resolve
+
+    names = []
+    for name in BACKEND_NAMES:
+        try:
+            resolve(name, torch.device(device))
+        except ValueError:
+            continue
+        names.append(name)
+    return names
+
+
 VECTORS_PATH = Path(__file__).parent / "data" / "philox_vectors.json"
 
 

@@ -5,26 +5,14 @@ import math
 
 import pytest
 import torch
-from conftest import DEVICES, TOLERANCES
+from conftest import DEVICES, TOLERANCES, usable_backends
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import anoise.functional as AF
-from anoise.backends import BACKEND_NAMES, resolve
+from anoise.backends import BACKEND_NAMES
 
-
-def _usable(device):
-    names = []
-    for name in BACKEND_NAMES:
-        try:
-            resolve(name, torch.device(device))
-        except ValueError:
-            continue
-        names.append(name)
-    return names
-
-
-BACKENDS = [(d, b) for d in DEVICES for b in _usable(d)]
+BACKENDS = [(d, b) for d in DEVICES for b in usable_backends(d)]
 SETTINGS = settings(max_examples=25, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 DIM = st.sampled_from([1, 2, 3, 5, 7, 13])
