@@ -42,7 +42,7 @@ def trend_curves(alphas: list[float], evaluations: list, attacks: list[str], pat
         ax.set_xlabel("alpha (degree of stochasticity; 0 = teacher)")
         ax.grid(alpha=0.3)
     ax1.set_ylabel("clean accuracy (%)")
-    ax2.set_ylabel("attack success rate (%) = 100 - accuracy under attack")
+    ax2.set_ylabel("attack success (%) = 100 - adv. accuracy")
     ax2.legend(fontsize=8)
     ax1.set_title("clean accuracy (solid: mean over draws, dashed: ensemble)", fontsize=9)
     ax2.set_title("white-box attack success", fontsize=9)
@@ -90,7 +90,7 @@ def boundary_figure(panels: list[tuple[str, Tensor]], radius: float, true_label:
                     path: str, title: str = "") -> str:
     """One image per panel of predicted classes on the slice; the test image is at the centre."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.8), squeeze=False)
     cmap = plt.get_cmap("tab10")
     for ax, (name, labels) in zip(axes[0], panels, strict=True):
         ax.imshow(labels.numpy(), cmap=cmap, vmin=-0.5, vmax=9.5, origin="lower",
@@ -106,7 +106,7 @@ def boundary_figure(panels: list[tuple[str, Tensor]], radius: float, true_label:
                title="predicted class", title_fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -66,10 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training (preset values when not given)")
     g.add_argument("--train-size", type=int, help="training images to use (0: all)")
     g.add_argument("--test-fraction", type=float, default=0.2, help="share held out for test")
-    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--batch-size", type=int, default=128, help="training batch size")
     g.add_argument("--lr", type=float, default=3e-3, help="teacher / from-scratch learning rate")
     g.add_argument("--finetune-lr", type=float, default=5e-4, help="fine-tuning learning rate")
-    g.add_argument("--teacher-epochs", type=int)
+    g.add_argument("--teacher-epochs", type=int, help="teacher training epochs")
     g.add_argument("--finetune-epochs", type=int,
                    help="student fine-tuning epochs (also PNI and the adversarial fine-tuning "
                    "use --adv-epochs)")
