@@ -90,7 +90,7 @@ def boundary_figure(panels: list[tuple[str, Tensor]], radius: float, true_label:
                     path: str, title: str = "") -> str:
     """One image per panel of predicted classes on the slice; the test image is at the centre."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 4.4), squeeze=False)
     cmap = plt.get_cmap("tab10")
     for ax, (name, labels) in zip(axes[0], panels, strict=True):
         ax.imshow(labels.numpy(), cmap=cmap, vmin=-0.5, vmax=9.5, origin="lower",
@@ -106,7 +106,7 @@ def boundary_figure(panels: list[tuple[str, Tensor]], radius: float, true_label:
                title="predicted class", title_fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.13, 1, 1))
+    fig.tight_layout(rect=(0, 0.14, 1, 0.9))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
