@@ -24,7 +24,7 @@ from .model import SmallCNN
 
 # Settings per preset; an option given on the command line overrides its preset value.
 PRESETS = {
-    "default": dict(train_size=0, eval_size=100, teacher_epochs=6, finetune_epochs=2,
+    "default": dict(train_size=0, eval_size=200, teacher_epochs=6, finetune_epochs=2,
                     scratch_epochs=8, adv_epochs=2, adv_steps=5, alphas="0.1,0.25,0.5,1.0",
                     pgd_steps=10, eot_samples=5, cw_steps=30, draws=4, ensemble_samples=8,
                     grid=31, boundary_samples=6),
