@@ -32,8 +32,8 @@ PRESETS = {
                   scratch_epochs=6, adv_epochs=1, adv_steps=3, alphas="0.25,1.0", pgd_steps=5,
                   eot_samples=3, cw_steps=15, draws=3, ensemble_samples=4, grid=21,
                   boundary_samples=4),
-    "smoke": dict(train_size=300, eval_size=16, teacher_epochs=1, finetune_epochs=1,
-                  scratch_epochs=1, adv_epochs=1, adv_steps=1, alphas="0.5", pgd_steps=2,
+    "smoke": dict(train_size=400, eval_size=16, teacher_epochs=15, finetune_epochs=1,
+                  scratch_epochs=15, adv_epochs=1, adv_steps=1, alphas="0.5", pgd_steps=2,
                   eot_samples=2, cw_steps=3, draws=2, ensemble_samples=2, grid=5,
                   boundary_samples=2),
 }
