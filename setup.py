@@ -92,7 +92,7 @@ setup(
     python_requires=">=3.10",
     # csrc/ ships inside the package so that an install without prebuilt extensions can still
     # build them just in time.
-    packages=["anoise", "anoise.kernels", "anoise.csrc"],
+    packages=["anoise", "anoise.demo", "anoise.kernels", "anoise.csrc"],
     package_dir={"anoise": "anoise", "anoise.kernels": "kernels", "anoise.csrc": "csrc"},
     package_data={
         "anoise.csrc": [
@@ -107,7 +107,9 @@ setup(
     },
     install_requires=["torch>=2.5", "numpy"],
     extras_require={
-        "test": ["pytest", "scipy", "hypothesis", "pytest-benchmark", "ruff"],
+        "test": ["pytest", "scipy", "hypothesis", "pytest-benchmark", "ruff", "mlxtend",
+                 "scikit-learn", "matplotlib", "tqdm"],
+        "demo": ["mlxtend", "scikit-learn", "matplotlib", "tqdm"],
         "triton": ["triton>=3.4"],
     },
     ext_modules=ext_modules,
