@@ -24,9 +24,9 @@ from .model import SmallCNN
 
 # Settings per preset; an option given on the command line overrides its preset value.
 PRESETS = {
-    "default": dict(train_size=0, eval_size=200, teacher_epochs=6, finetune_epochs=2,
+    "default": dict(train_size=0, eval_size=1000, teacher_epochs=6, finetune_epochs=2,
                     scratch_epochs=8, adv_epochs=2, adv_steps=5, alphas="0.1,0.25,0.5,1.0",
-                    pgd_steps=10, eot_samples=5, cw_steps=30, draws=4, ensemble_samples=8,
+                    pgd_steps=20, eot_samples=10, cw_steps=50, draws=5, ensemble_samples=10,
                     grid=31, boundary_samples=6),
     "quick": dict(train_size=2000, eval_size=60, teacher_epochs=5, finetune_epochs=1,
                   scratch_epochs=6, adv_epochs=1, adv_steps=3, alphas="0.25,1.0", pgd_steps=5,
@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a teacher CNN, turn it into teacher-initialised stochastic students "
         "with anoise.to_stochastic, train PNI / RSE / adversarial-training baselines, attack "
         "them all (FGSM, PGD, EOT-PGD, C&W) and print one table; writes trend curves and "
-        "decision-boundary slices as PNG. Cells read 'mean+-std [ensemble]': accuracy (%%) "
+        "decision-boundary slices as PNG. Cells read 'mean+-std [ensemble]': accuracy (%) "
         "over noise draws, and the accuracy of anoise.ensemble_predict.",
         formatter_class=_HelpFormatter)
     size = p.add_mutually_exclusive_group()

@@ -1,0 +1,30 @@
+"""More than 2**32 elements through the fused CPU backend: 64-bit noise indices end to end."""
+
+import pytest
+import torch
+
+import anoise.functional as AF
+from anoise.philox import philox_normal
+
+NUMEL = 2**32 + 3 * 2**20  # past 2**32, so the counter's high word is exercised
+
+
+@pytest.mark.slow
+def test_noise_past_2_pow_31_and_2_pow_32_on_the_cpu_backend():
+    C, S = 3, 2**20
+    N = NUMEL // (C * S)
+    # A stride-0 input costs no memory; the float16 output is 8 GiB.
+    x = torch.zeros((), dtype=torch.float16).expand(N, C, S)
+    running_var = torch.tensor([0.25, 1.0, 4.0])
+    seed = 2**40 + 12345
+    y = AF.adaptive_noise(x, 1.0, running_var=running_var, training=False, seed=seed,
+                          backend="cpu")
+    assert y.shape == x.shape and y.is_contiguous()
+    idx = torch.tensor([0, 2**31 - 1, 2**31, 2**31 + 7, 2**32 - 1, 2**32, 2**32 + 11,
+                        y.numel() - 1])
+    channel = (idx // S) % C
+    scale = torch.sqrt(running_var.double() + 1e-5)[channel]
+    expected = (scale * philox_normal(seed, idx).double()).to(torch.float16)
+    actual = y.view(-1)[idx]
+    del y
+    torch.testing.assert_close(actual, expected, atol=1e-3, rtol=2e-3)
