@@ -432,3 +432,129 @@ def test_opcheck(device, layout):
     dy = torch.randn_like(x).detach()
     torch.library.opcheck(ops.backward_batch, (dy, x.detach(), alpha.detach(), stats, stats, s, b))
     torch.library.opcheck(ops.noise_dot, (dy, s, b))
+
+
+# ---- index_base: a call draws the noise of its slice of a larger batch ------------------------
+
+BASE_CASES = [
+    ((3, 7, 13, 5), "contiguous"),  # planes, runs along S
+    ((3, 7, 13, 5), "channels_last"),  # rows, runs over C
+    ((6, 5), "contiguous"),  # (N, C): rows
+    ((6, 5), "transposed"),  # planes with S == 1: runs along N
+    ((2, 2, 9000), "contiguous"),  # several chunks per channel
+]
+
+
+def _split(shape, layout, pad, device, dtype=torch.float64, gen_seed=0):
+    """x_big (pad + N rows) and its last N rows x, both 3-D views in the given layout.
+
+    Element (n, c, s) of x has logical index B + (n*C + c)*S + s in x_big, B = x_pad.numel().
+    """
+    big = make_input((pad + shape[0],) + shape[1:], layout, dtype, device, gen_seed)
+    big3 = big.reshape(big.shape[0], big.shape[1], -1)
+    return big3, big3[pad:], big3[:pad].numel()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape, layout", BASE_CASES, ids=lambda v: str(v))
+def test_index_base_forward_scaled_is_slice_of_larger_call(device, dtype, shape, layout):
+    pad = 2
+    big, x, B = _split(shape, layout, pad, device, dtype)
+    C = shape[1]
+    scale = torch.linspace(0.25, 1.5, C, dtype=ref.stat_dtype(dtype), device=device)
+    scale[1] = 0  # that channel must still come back bitwise unchanged
+    s = seed_t(2**63 + 99, device)
+    m = ext(device)
+    for isa in isas(device):
+        with use_isa(device, isa):
+            y = m.forward_scaled(x, scale, s, index_base=B)
+            y_big = m.forward_scaled(big, scale, s)
+            assert torch.equal(y - x, (y_big - big)[pad:]), isa
+            assert torch.equal(y[:, 1], x[:, 1])
+            y0 = m.forward_scaled(x, scale, s, index_base=0)
+            assert torch.equal(y0, m.forward_scaled(x, scale, s)), isa
+            assert not torch.equal(y0, y)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape, layout", BASE_CASES, ids=lambda v: str(v))
+def test_index_base_forward_batch_and_noise_dot(device, shape, layout):
+    pad = 3
+    big, x, B = _split(shape, layout, pad, device)
+    C = shape[1]
+    alpha = torch.linspace(0.1, 0.9, C, dtype=torch.float64, device=device)
+    dy_big = make_input(tuple(big.shape), "contiguous", torch.float64, device, gen_seed=7)
+    dy_big[:pad] = 0  # the padding adds nothing to the larger call's g
+    dy = dy_big[pad:]
+    s = seed_t(SEED, device)
+    m = ext(device)
+    ones = torch.ones(C, dtype=torch.float64, device=device)
+    for isa in isas(device):
+        with use_isa(device, isa):
+            # The slice's noise, from the larger call at base 0.
+            eps = m.forward_scaled(torch.zeros_like(big), ones, s)[pad:]
+            y, mean, var = m.forward_batch(x, alpha, s, 1e-5, index_base=B)
+            y0, mean0, var0 = m.forward_batch(x, alpha, s, 1e-5)
+            assert torch.equal(mean, mean0) and torch.equal(var, var0), isa
+            sigma = torch.sqrt(var + 1e-5)
+            want = x + (alpha * sigma).view(1, C, 1) * eps
+            torch.testing.assert_close(y, want, atol=1e-12, rtol=1e-12)
+
+            g = m.noise_dot(dy, s, index_base=B)
+            torch.testing.assert_close(g, m.noise_dot(dy_big, s), atol=1e-9, rtol=1e-12)
+            torch.testing.assert_close(g, (dy * eps).sum((0, 2)), atol=1e-9, rtol=1e-12)
+
+            dx, gb = m.backward_batch(dy, x, alpha, mean, sigma, s, index_base=B)
+            torch.testing.assert_close(gb, g, atol=1e-9, rtol=1e-12)  # dy walked in x's order
+            M = x.shape[0] * x.shape[2]
+            coef = (alpha * g / (M * sigma)).view(1, C, 1)
+            want_dx = dy + coef * (x - mean.view(1, C, 1))
+            torch.testing.assert_close(dx, want_dx, atol=1e-12, rtol=1e-12)
+            assert not torch.equal(g, m.noise_dot(dy, s)), isa
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("base", [2**32 - 301, 2**33 - 7, 2**63 - 2000])
+def test_index_base_crosses_high_word(device, layout, base):
+    """Indices base + i past 2**32 (and up to just under 2**63) equal the reference stream."""
+    shape = (4, 5, 37)  # 740 elements: not a multiple of any vector width
+    z = torch.zeros(shape + (1,), device=device)
+    if layout == "channels_last":
+        z = z.contiguous(memory_format=torch.channels_last)
+    z3 = z.reshape(4, 5, -1)
+    n = z3.numel()
+    seed = 2**63 + 12345
+    offsets = base + torch.arange(n, dtype=torch.int64)
+    expected = anoise.philox.philox_normal(seed, offsets).view(shape)
+    ones = torch.ones(5, device=device)
+    for isa in isas(device):
+        with use_isa(device, isa):
+            own = ext(device).draw_at(offsets.to(device), seed_t(seed, device))[2].view(shape)
+            got = ext(device).forward_scaled(z3, ones, seed_t(seed, device), index_base=base)
+            assert torch.equal(got, own), isa
+            torch.testing.assert_close(got.cpu(), expected, atol=1e-5, rtol=1e-5)
+            g = ext(device).noise_dot(torch.ones_like(z3), seed_t(seed, device), index_base=base)
+            torch.testing.assert_close(g.cpu(), expected.sum((0, 2)), atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_index_base_is_checked_and_keyword_only(device):
+    m = ext(device)
+    x = torch.randn(2, 3, 4, device=device)
+    a = torch.ones(3, device=device)
+    s = seed_t(1, device)
+    calls = [
+        lambda **kw: m.forward_batch(x, a, s, 1e-5, **kw),
+        lambda **kw: m.forward_scaled(x, a, s, **kw),
+        lambda **kw: m.backward_batch(x, x, a, a, a, s, **kw),
+        lambda **kw: m.noise_dot(x, s, **kw),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="index_base must be >= 0"):
+            call(index_base=-1)
+        with pytest.raises(ValueError, match="index_base"):
+            call(index_base=-(2**63))
+    with pytest.raises(TypeError):
+        m.forward_scaled(x, a, s, 5)  # positional: keyword-only as in the Triton launchers

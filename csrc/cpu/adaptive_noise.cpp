@@ -113,6 +113,13 @@ uint64_t seed_of(const at::Tensor& seed) {
   return static_cast<uint64_t>(seed.contiguous().data_ptr<int64_t>()[0]);
 }
 
+// Element i of a call draws eps(index_base + i): a rank's slice of a larger batch draws that
+// slice's noise.
+uint64_t base_of(int64_t index_base) {
+  TORCH_CHECK_VALUE(index_base >= 0, "index_base must be >= 0, got ", index_base);
+  return static_cast<uint64_t>(index_base);
+}
+
 // ---- geometry ---------------------------------------------------------------------------------
 
 View view_of(const at::Tensor& t) {
@@ -197,12 +204,13 @@ at::Tensor partials(const Geometry& g, at::ScalarType st, const at::Tensor& like
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_batch(const at::Tensor& x3,
                                                              const at::Tensor& alpha,
-                                                             const at::Tensor& seed, double eps) {
+                                                             const at::Tensor& seed, double eps,
+                                                             int64_t index_base) {
   check_x3(x3, "x");
   const at::ScalarType st = stat_type(x3);
   const Geometry g = geometry_of(x3);
   check_channels(alpha, "alpha", g.C, st);
-  const uint64_t s = seed_of(seed);
+  const uint64_t s = seed_of(seed), base = base_of(index_base);
   const DType dt = dtype_of(x3, "x");
   at::Tensor y = at::empty_like(x3);
   at::Tensor mean = at::empty({g.C}, x3.options().dtype(st));
@@ -229,26 +237,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_batch(const at::Tensor& x
       scale.data_ptr<scalar_t>()[c] = alpha.data_ptr<scalar_t>()[c] * sigma;
     });
   });
-  for_tasks(g, [&](int64_t t) { k.apply(g, dt, xv, yv, scale.data_ptr(), s, t); });
+  for_tasks(g, [&](int64_t t) { k.apply(g, dt, xv, yv, scale.data_ptr(), s, base, t); });
   return {y, mean, var};
 }
 
-at::Tensor forward_scaled(const at::Tensor& x3, const at::Tensor& scale, const at::Tensor& seed) {
+at::Tensor forward_scaled(const at::Tensor& x3, const at::Tensor& scale, const at::Tensor& seed,
+                          int64_t index_base) {
   check_x3(x3, "x");
   const Geometry g = geometry_of(x3);
   check_channels(scale, "scale", g.C, stat_type(x3));
-  const uint64_t s = seed_of(seed);
+  const uint64_t s = seed_of(seed), base = base_of(index_base);
   const DType dt = dtype_of(x3, "x");
   at::Tensor y = at::empty_like(x3);
   if (g.N * g.S == 0) return y;
   const Kernels& k = kern();
   const View xv = view_of(x3), yv = view_of(y);
-  for_tasks(g, [&](int64_t t) { k.apply(g, dt, xv, yv, scale.data_ptr(), s, t); });
+  for_tasks(g, [&](int64_t t) { k.apply(g, dt, xv, yv, scale.data_ptr(), s, base, t); });
   return y;
 }
 
 // g_c = sum(dy * eps) over channel c, in the statistics dtype.
-at::Tensor noise_dot_impl(const at::Tensor& dy3, const Geometry& g, uint64_t s) {
+at::Tensor noise_dot_impl(const at::Tensor& dy3, const Geometry& g, uint64_t s, uint64_t base) {
   const at::ScalarType st = stat_type(dy3);
   at::Tensor out = at::zeros({g.C}, dy3.options().dtype(st));
   if (g.N * g.S == 0) return out;
@@ -256,7 +265,7 @@ at::Tensor noise_dot_impl(const at::Tensor& dy3, const Geometry& g, uint64_t s) 
   const Kernels& k = kern();
   const DType dt = dtype_of(dy3, "dy");
   const View dv = view_of(dy3);
-  for_tasks(g, [&](int64_t t) { k.noise_dot(g, dt, dv, s, t, part.data_ptr()); });
+  for_tasks(g, [&](int64_t t) { k.noise_dot(g, dt, dv, s, base, t, part.data_ptr()); });
   AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_dot", [&] {
     for_channels(g.C, [&](int64_t c) {
       out.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(merge_sum<scalar_t>(g, part, c));
@@ -265,15 +274,15 @@ at::Tensor noise_dot_impl(const at::Tensor& dy3, const Geometry& g, uint64_t s) 
   return out;
 }
 
-at::Tensor noise_dot(const at::Tensor& dy3, const at::Tensor& seed) {
+at::Tensor noise_dot(const at::Tensor& dy3, const at::Tensor& seed, int64_t index_base) {
   check_x3(dy3, "dy");
-  return noise_dot_impl(dy3, geometry_of(dy3), seed_of(seed));
+  return noise_dot_impl(dy3, geometry_of(dy3), seed_of(seed), base_of(index_base));
 }
 
 std::tuple<at::Tensor, at::Tensor> backward_batch(const at::Tensor& dy3, const at::Tensor& x3,
                                                   const at::Tensor& alpha, const at::Tensor& mean,
                                                   const at::Tensor& sigma,
-                                                  const at::Tensor& seed) {
+                                                  const at::Tensor& seed, int64_t index_base) {
   check_x3(x3, "x");
   check_x3(dy3, "dy");
   TORCH_CHECK_VALUE(dy3.sizes() == x3.sizes(), "dy must have x's shape ", x3.sizes(), ", got ",
@@ -285,8 +294,8 @@ std::tuple<at::Tensor, at::Tensor> backward_batch(const at::Tensor& dy3, const a
   check_channels(alpha, "alpha", g.C, st);
   check_channels(mean, "mean", g.C, st);
   check_channels(sigma, "sigma", g.C, st);
-  const uint64_t s = seed_of(seed);
-  at::Tensor gsum = noise_dot_impl(dy3, g, s);
+  const uint64_t s = seed_of(seed), base = base_of(index_base);
+  at::Tensor gsum = noise_dot_impl(dy3, g, s, base);
   at::Tensor dx = at::empty_like(x3);
   if (g.N * g.S == 0) return {dx, gsum};
   at::Tensor coef = at::empty({g.C}, x3.options().dtype(st));
@@ -375,12 +384,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   using release = py::call_guard<py::gil_scoped_release>;
   m.doc() = "anoise fused CPU kernels (see anoise/backends.py for the launcher interface)";
   m.def("forward_batch", &ac::forward_batch, release(), py::arg("x3"), py::arg("alpha"),
-        py::arg("seed"), py::arg("eps"));
+        py::arg("seed"), py::arg("eps"), py::kw_only(), py::arg("index_base") = 0);
   m.def("forward_scaled", &ac::forward_scaled, release(), py::arg("x3"), py::arg("scale"),
-        py::arg("seed"));
+        py::arg("seed"), py::kw_only(), py::arg("index_base") = 0);
   m.def("backward_batch", &ac::backward_batch, release(), py::arg("dy3"), py::arg("x3"),
-        py::arg("alpha"), py::arg("mean"), py::arg("sigma"), py::arg("seed"));
-  m.def("noise_dot", &ac::noise_dot, release(), py::arg("dy3"), py::arg("seed"));
+        py::arg("alpha"), py::arg("mean"), py::arg("sigma"), py::arg("seed"), py::kw_only(),
+        py::arg("index_base") = 0);
+  m.def("noise_dot", &ac::noise_dot, release(), py::arg("dy3"), py::arg("seed"), py::kw_only(),
+        py::arg("index_base") = 0);
   m.def("randn", &ac::randn, release(), py::arg("numel"), py::arg("seed"));
   m.def("randn_range", &ac::randn_range, release(), py::arg("start"), py::arg("count"),
         py::arg("step"), py::arg("seed"));

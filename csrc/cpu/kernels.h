@@ -51,11 +51,13 @@ struct Kernels {
   const char* name;
   // Per chunk: mean and sum of squared deviations (two passes over the chunk, in cache).
   void (*stats)(const Geometry&, DType, View x, int64_t task, void* pmean, void* pm2);
-  // y = x + scale_c * eps  (y = x exactly where scale_c == 0).
+  // y = x + scale_c * eps  (y = x exactly where scale_c == 0).  Element i of the view draws
+  // eps(base + i) (uint64 arithmetic): base is the call's index_base.
   void (*apply)(const Geometry&, DType, View x, View y, const void* scale, uint64_t seed,
-                int64_t task);
-  // Per chunk: sum(dy * eps).
-  void (*noise_dot)(const Geometry&, DType, View dy, uint64_t seed, int64_t task, void* pg);
+                uint64_t base, int64_t task);
+  // Per chunk: sum(dy * eps), eps drawn as in apply.
+  void (*noise_dot)(const Geometry&, DType, View dy, uint64_t seed, uint64_t base, int64_t task,
+                    void* pg);
   // dx = dy + coef_c * (x - mean_c).
   void (*dx)(const Geometry&, DType, View dy, View x, View dx, const void* coef, const void* mean,
              int64_t task);

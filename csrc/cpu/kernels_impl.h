@@ -34,12 +34,16 @@ struct Seg {
 struct Walk {
   const Geometry& g;
   bool along_c, along_n;
+  uint64_t base;  // noise index of logical element 0
 
-  explicit Walk(const Geometry& geo) : g(geo), along_c(geo.rows), along_n(!geo.rows && geo.S == 1) {}
+  explicit Walk(const Geometry& geo, uint64_t index_base = 0)
+      : g(geo), along_c(geo.rows), along_n(!geo.rows && geo.S == 1), base(index_base) {}
 
   int64_t offset(const View& v, const Seg& q) const { return q.n * v.sN + q.c * v.sC + q.s * v.sS; }
   int64_t inner(const View& v) const { return along_c ? v.sC : (along_n ? v.sN : v.sS); }
-  uint64_t index(const Seg& q) const { return (uint64_t)((q.n * g.C + q.c) * g.S + q.s); }
+  uint64_t index(const Seg& q) const {
+    return base + (uint64_t)((q.n * g.C + q.c) * g.S + q.s);
+  }
   uint64_t istep() const { return along_c ? (uint64_t)g.S : (along_n ? (uint64_t)g.C : 1u); }
 
   // Calls f(seg) for each run of the task, in a fixed order.
@@ -232,12 +236,12 @@ void stats_task(const Geometry& g, View xv, int64_t task, void* pmean_, void* pm
 
 template <class T, bool CONTIG>
 void apply_task(const Geometry& g, View xv, View yv, const void* scale_, uint64_t seed,
-                int64_t task) {
+                uint64_t base, int64_t task) {
   using A = typename AccOf<T>::type;
   const A* scale = static_cast<const A*>(scale_);
   const T* x = static_cast<const T*>(xv.data);
   T* y = static_cast<T*>(yv.data);
-  const Walk w(g);
+  const Walk w(g, base);
   const int64_t xs = w.inner(xv), ys = w.inner(yv);
   const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
   w.each(task, [&](const Seg& q) {
@@ -251,11 +255,12 @@ void apply_task(const Geometry& g, View xv, View yv, const void* scale_, uint64_
 }
 
 template <class T, bool CONTIG>
-void dot_task(const Geometry& g, View dv, uint64_t seed, int64_t task, void* pg_) {
+void dot_task(const Geometry& g, View dv, uint64_t seed, uint64_t base, int64_t task,
+              void* pg_) {
   using A = typename AccOf<T>::type;
   A* pg = static_cast<A*>(pg_);
   const T* dy = static_cast<const T*>(dv.data);
-  const Walk w(g);
+  const Walk w(g, base);
   const int64_t ds = w.inner(dv);
   const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
   if (g.rows) {
@@ -321,14 +326,15 @@ struct StatsF {
 };
 template <class T, bool C>
 struct ApplyF {
-  static void run(const Geometry& g, View x, View y, const void* s, uint64_t seed, int64_t t) {
-    apply_task<T, C>(g, x, y, s, seed, t);
+  static void run(const Geometry& g, View x, View y, const void* s, uint64_t seed, uint64_t base,
+                  int64_t t) {
+    apply_task<T, C>(g, x, y, s, seed, base, t);
   }
 };
 template <class T, bool C>
 struct DotF {
-  static void run(const Geometry& g, View d, uint64_t seed, int64_t t, void* p) {
-    dot_task<T, C>(g, d, seed, t, p);
+  static void run(const Geometry& g, View d, uint64_t seed, uint64_t base, int64_t t, void* p) {
+    dot_task<T, C>(g, d, seed, base, t, p);
   }
 };
 template <class T, bool C>
@@ -345,14 +351,15 @@ void stats(const Geometry& g, DType dt, View x, int64_t task, void* pmean, void*
 }
 
 void apply(const Geometry& g, DType dt, View x, View y, const void* scale, uint64_t seed,
-           int64_t task) {
+           uint64_t base, int64_t task) {
   const Walk w(g);
-  dispatch<ApplyF>(dt, w.inner(x) == 1 && w.inner(y) == 1, g, x, y, scale, seed, task);
+  dispatch<ApplyF>(dt, w.inner(x) == 1 && w.inner(y) == 1, g, x, y, scale, seed, base, task);
 }
 
-void noise_dot(const Geometry& g, DType dt, View dy, uint64_t seed, int64_t task, void* pg) {
+void noise_dot(const Geometry& g, DType dt, View dy, uint64_t seed, uint64_t base, int64_t task,
+               void* pg) {
   const Walk w(g);
-  dispatch<DotF>(dt, w.inner(dy) == 1, g, dy, seed, task, pg);
+  dispatch<DotF>(dt, w.inner(dy) == 1, g, dy, seed, base, task, pg);
 }
 
 void dx(const Geometry& g, DType dt, View dy, View x, View out, const void* coef,

@@ -144,9 +144,11 @@ struct DotOp {
 };
 
 // grid C * nchunks: block c * nchunks + k reduces positions [k*chunk, ...) of channel c.
+// Element i of the view draws eps(base + i) (uint64 arithmetic; base is the call's index_base).
 template <class T, class Op>
 __global__ void __launch_bounds__(kThreads)
-    reduce_planes(Geometry g, View x, const int64_t* seed, void* part, void* part2) {
+    reduce_planes(Geometry g, View x, const int64_t* seed, uint64_t base, void* part,
+                  void* part2) {
   const int64_t k = blockIdx.x % g.nchunks, c = blockIdx.x / g.nchunks;
   const int64_t M = g.N * g.S, begin = k * g.chunk;
   const int64_t end = begin + g.chunk < M ? begin + g.chunk : M;
@@ -156,8 +158,8 @@ __global__ void __launch_bounds__(kThreads)
   typename Op::V acc = Op::zero();
   for (int64_t j = begin + threadIdx.x; j < end; j += kThreads) {
     const int64_t n = j / g.S, s = j - n * g.S;
-    acc = Op::add(acc, xp[n * x.sN + c * x.sC + s * x.sS], (uint64_t)((n * g.C + c) * g.S + s),
-                  k0, k1);
+    acc = Op::add(acc, xp[n * x.sN + c * x.sC + s * x.sS],
+                  base + (uint64_t)((n * g.C + c) * g.S + s), k0, k1);
   }
   acc = block_reduce(acc);
   if (threadIdx.x == 0) Op::store(acc, part, part2, c * g.nchunks + k);
@@ -168,7 +170,8 @@ __global__ void __launch_bounds__(kThreads)
 // the 8 partials of a channel are merged in ty order.
 template <class T, class Op>
 __global__ void __launch_bounds__(kRowsX* kRowsY)
-    reduce_rows(Geometry g, View x, const int64_t* seed, void* part, void* part2) {
+    reduce_rows(Geometry g, View x, const int64_t* seed, uint64_t base, void* part,
+                void* part2) {
   using V = typename Op::V;
   __shared__ V vals[kRowsX * kRowsY];
   const int64_t k = blockIdx.x % g.nchunks;
@@ -183,7 +186,7 @@ __global__ void __launch_bounds__(kRowsX* kRowsY)
     for (int64_t p = begin + threadIdx.y; p < end; p += kRowsY) {
       const int64_t n = p / g.S, s = p - n * g.S;
       acc = Op::add(acc, xp[n * x.sN + c * x.sC + s * x.sS],
-                    (uint64_t)((n * g.C + c) * g.S + s), k0, k1);
+                    base + (uint64_t)((n * g.C + c) * g.S + s), k0, k1);
     }
   }
   vals[threadIdx.y * kRowsX + threadIdx.x] = acc;
@@ -195,14 +198,15 @@ __global__ void __launch_bounds__(kRowsX* kRowsY)
 }
 
 template <class T, class Op>
-cudaError_t launch_reduce(const Geometry& g, View x, const int64_t* seed, void* part, void* part2,
-                          cudaStream_t stream) {
+cudaError_t launch_reduce(const Geometry& g, View x, const int64_t* seed, uint64_t base,
+                          void* part, void* part2, cudaStream_t stream) {
   if (g.rows) {
     const unsigned blocks = (unsigned)((g.C + kRowsX - 1) / kRowsX * g.nchunks);
-    reduce_rows<T, Op><<<blocks, dim3(kRowsX, kRowsY), 0, stream>>>(g, x, seed, part, part2);
+    reduce_rows<T, Op><<<blocks, dim3(kRowsX, kRowsY), 0, stream>>>(g, x, seed, base, part,
+                                                                    part2);
   } else {
     const unsigned blocks = (unsigned)(g.C * g.nchunks);
-    reduce_planes<T, Op><<<blocks, kThreads, 0, stream>>>(g, x, seed, part, part2);
+    reduce_planes<T, Op><<<blocks, kThreads, 0, stream>>>(g, x, seed, base, part, part2);
   }
   return cudaGetLastError();
 }
@@ -338,17 +342,17 @@ __device__ __forceinline__ void store_run(T* p, int64_t stride, int64_t count, c
   }
 }
 
-// Logical index (n*C + c)*S + s of the run's first element, and its step along the run.
+// Noise index base + (n*C + c)*S + s of the run's first element, and its step along the run.
 __device__ __forceinline__ void logical(const Geometry& g, const Coords& q, int inner_dim,
-                                        uint64_t& i0, uint64_t& step) {
-  i0 = (uint64_t)((q.v[0] * g.C + q.v[1]) * g.S + q.v[2]);
+                                        uint64_t base, uint64_t& i0, uint64_t& step) {
+  i0 = base + (uint64_t)((q.v[0] * g.C + q.v[1]) * g.S + q.v[2]);
   step = inner_dim == 2 ? 1u : (inner_dim == 1 ? (uint64_t)g.S : (uint64_t)(g.C * g.S));
 }
 
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     apply_kernel(Geometry g, Order o, View x, View y, const typename AccOf<T>::type* scale,
-                 const int64_t* seed) {
+                 const int64_t* seed, uint64_t base) {
   using A = typename AccOf<T>::type;
   uint32_t k0, k1;
   seed_key(seed, k0, k1);
@@ -360,7 +364,7 @@ __global__ void __launch_bounds__(kThreads)
     q.v[id] = inner0;
     const int64_t count = o.size[2] - inner0 < kVec ? o.size[2] - inner0 : kVec;
     uint64_t i0, step;
-    logical(g, q, id, i0, step);
+    logical(g, q, id, base, i0, step);
     T xv[kVec], yv[kVec];
     const T* xp = static_cast<const T*>(x.data) + offset_of(x, q);
     T* yp = static_cast<T*>(y.data) + offset_of(y, q);
@@ -472,7 +476,7 @@ struct ForwardStats {
                          const char** failed) {
     using A = typename AccOf<T>::type;
     *failed = g.rows ? "reduce_rows<stats>" : "reduce_planes<stats>";
-    cudaError_t err = launch_reduce<T, StatsOp<T, A>>(g, x, nullptr, pmean, pm2, stream);
+    cudaError_t err = launch_reduce<T, StatsOp<T, A>>(g, x, nullptr, 0, pmean, pm2, stream);
     if (err != cudaSuccess) return err;
     *failed = "finalize_stats";
     finalize_stats<A><<<(unsigned)((g.C + 127) / 128), 128, 0, stream>>>(
@@ -486,22 +490,22 @@ struct ForwardStats {
 template <class T>
 struct ApplyNoise {
   static cudaError_t run(const Geometry& g, View x, View y, const void* scale, const int64_t* seed,
-                         cudaStream_t stream) {
+                         uint64_t base, cudaStream_t stream) {
     const Order o = make_order(g, x);
     apply_kernel<T><<<grid_for(o.work), kThreads, 0, stream>>>(
-        g, o, x, y, static_cast<const typename AccOf<T>::type*>(scale), seed);
+        g, o, x, y, static_cast<const typename AccOf<T>::type*>(scale), seed, base);
     return cudaGetLastError();
   }
 };
 
 template <class T>
 struct NoiseDot {
-  static cudaError_t run(const Geometry& g, View dy, const int64_t* seed, void* part, void* gsum,
-                         const void* alpha, const void* sigma, void* coef, cudaStream_t stream,
-                         const char** failed) {
+  static cudaError_t run(const Geometry& g, View dy, const int64_t* seed, uint64_t base,
+                         void* part, void* gsum, const void* alpha, const void* sigma, void* coef,
+                         cudaStream_t stream, const char** failed) {
     using A = typename AccOf<T>::type;
     *failed = g.rows ? "reduce_rows<dot>" : "reduce_planes<dot>";
-    cudaError_t err = launch_reduce<T, DotOp<T, A>>(g, dy, seed, part, nullptr, stream);
+    cudaError_t err = launch_reduce<T, DotOp<T, A>>(g, dy, seed, base, part, nullptr, stream);
     if (err != cudaSuccess) return err;
     *failed = "finalize_dot";
     finalize_dot<A><<<(unsigned)((g.C + 127) / 128), 128, 0, stream>>>(
@@ -539,16 +543,16 @@ Status forward_stats(DType dt, const Geometry& g, View x, void* pmean, void* pm2
 }
 
 Status apply_noise(DType dt, const Geometry& g, View x, View y, const void* scale,
-                   const int64_t* seed, cudaStream_t stream) {
-  return done(dispatch<ApplyNoise>(dt, g, x, y, scale, seed, stream), "apply_kernel");
+                   const int64_t* seed, uint64_t base, cudaStream_t stream) {
+  return done(dispatch<ApplyNoise>(dt, g, x, y, scale, seed, base, stream), "apply_kernel");
 }
 
-Status noise_dot(DType dt, const Geometry& g, View dy, const int64_t* seed, void* part,
-                 void* gsum, const void* alpha, const void* sigma, void* coef,
+Status noise_dot(DType dt, const Geometry& g, View dy, const int64_t* seed, uint64_t base,
+                 void* part, void* gsum, const void* alpha, const void* sigma, void* coef,
                  cudaStream_t stream) {
   const char* failed = "noise_dot";
-  const cudaError_t err = dispatch<NoiseDot>(dt, g, dy, seed, part, gsum, alpha, sigma, coef,
-                                             stream, &failed);
+  const cudaError_t err = dispatch<NoiseDot>(dt, g, dy, seed, base, part, gsum, alpha, sigma,
+                                             coef, stream, &failed);
   return done(err, failed);
 }
 

@@ -5,7 +5,9 @@
 // Every launcher enqueues its kernels on `stream`, checks each launch, and returns the first
 // failure with the kernel's name (Status.kernel) so the binding can report it readably.
 // The seed is read on the device from `seed` (an int64 holding the 64-bit seed's bits), so no
-// launcher synchronises with the host.
+// launcher synchronises with the host.  Element i of a view draws eps(base + i) (uint64
+// arithmetic), base being the call's index_base: a rank's slice of a larger batch draws that
+// slice's noise.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -51,11 +53,11 @@ Status forward_stats(DType dt, const Geometry& g, View x, void* pmean, void* pm2
 
 // y = x + scale_c * eps (y = x exactly where scale_c == 0).
 Status apply_noise(DType dt, const Geometry& g, View x, View y, const void* scale,
-                   const int64_t* seed, cudaStream_t stream);
+                   const int64_t* seed, uint64_t base, cudaStream_t stream);
 
 // g_c = sum(dy * eps); with alpha and sigma also coef_c = alpha_c * g_c / (M * sigma_c).
-Status noise_dot(DType dt, const Geometry& g, View dy, const int64_t* seed, void* part,
-                 void* gsum, const void* alpha, const void* sigma, void* coef,
+Status noise_dot(DType dt, const Geometry& g, View dy, const int64_t* seed, uint64_t base,
+                 void* part, void* gsum, const void* alpha, const void* sigma, void* coef,
                  cudaStream_t stream);
 
 // dx = dy + coef_c * (x - mean_c).

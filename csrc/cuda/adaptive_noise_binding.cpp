@@ -71,6 +71,11 @@ const int64_t* seed_ptr(const at::Tensor& seed, const at::Tensor& x) {
   return seed.data_ptr<int64_t>();
 }
 
+uint64_t base_of(int64_t index_base) {
+  TORCH_CHECK_VALUE(index_base >= 0, "index_base must be >= 0, got ", index_base);
+  return static_cast<uint64_t>(index_base);
+}
+
 View view_of(const at::Tensor& t) {
   return View{t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
 }
@@ -87,8 +92,10 @@ cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_batch(const at::Tensor& x3,
                                                              const at::Tensor& alpha,
-                                                             const at::Tensor& seed, double eps) {
+                                                             const at::Tensor& seed, double eps,
+                                                             int64_t index_base) {
   check_x3(x3, "x");
+  const uint64_t base = base_of(index_base);
   const c10::cuda::CUDAGuard guard(x3.device());
   const at::ScalarType st = stat_type(x3);
   check_channels(alpha, x3, "alpha", st);
@@ -108,26 +115,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_batch(const at::Tensor& x
   check(forward_stats(dt, g, view_of(x3), pmean.data_ptr(), pm2.data_ptr(), alpha.data_ptr(),
                       eps, mean.data_ptr(), var.data_ptr(), scale.data_ptr(), stream()),
         "forward_batch");
-  check(apply_noise(dt, g, view_of(x3), view_of(y), scale.data_ptr(), s, stream()),
+  check(apply_noise(dt, g, view_of(x3), view_of(y), scale.data_ptr(), s, base, stream()),
         "forward_batch");
   return {y, mean, var};
 }
 
-at::Tensor forward_scaled(const at::Tensor& x3, const at::Tensor& scale, const at::Tensor& seed) {
+at::Tensor forward_scaled(const at::Tensor& x3, const at::Tensor& scale, const at::Tensor& seed,
+                          int64_t index_base) {
   check_x3(x3, "x");
+  const uint64_t base = base_of(index_base);
   const c10::cuda::CUDAGuard guard(x3.device());
   check_channels(scale, x3, "scale", stat_type(x3));
   const int64_t* s = seed_ptr(seed, x3);
   const Geometry g = geometry_of(x3);
   at::Tensor y = at::empty_like(x3);
   if (y.numel() == 0) return y;
-  check(apply_noise(dtype_of(x3, "x"), g, view_of(x3), view_of(y), scale.data_ptr(), s, stream()),
+  check(apply_noise(dtype_of(x3, "x"), g, view_of(x3), view_of(y), scale.data_ptr(), s, base,
+                    stream()),
         "forward_scaled");
   return y;
 }
 
-at::Tensor noise_dot(const at::Tensor& dy3, const at::Tensor& seed) {
+at::Tensor noise_dot(const at::Tensor& dy3, const at::Tensor& seed, int64_t index_base) {
   check_x3(dy3, "dy");
+  const uint64_t base = base_of(index_base);
   const c10::cuda::CUDAGuard guard(dy3.device());
   const int64_t* s = seed_ptr(seed, dy3);
   const at::ScalarType st = stat_type(dy3);
@@ -135,7 +146,7 @@ at::Tensor noise_dot(const at::Tensor& dy3, const at::Tensor& seed) {
   at::Tensor out = at::zeros({g.C}, dy3.options().dtype(st));
   if (dy3.numel() == 0) return out;
   at::Tensor part = partials(g, st, dy3);
-  check(anoise_cuda::noise_dot(dtype_of(dy3, "dy"), g, view_of(dy3), s, part.data_ptr(),
+  check(anoise_cuda::noise_dot(dtype_of(dy3, "dy"), g, view_of(dy3), s, base, part.data_ptr(),
                                out.data_ptr(), nullptr, nullptr, nullptr, stream()),
         "noise_dot");
   return out;
@@ -144,9 +155,10 @@ at::Tensor noise_dot(const at::Tensor& dy3, const at::Tensor& seed) {
 std::tuple<at::Tensor, at::Tensor> backward_batch(const at::Tensor& dy3, const at::Tensor& x3,
                                                   const at::Tensor& alpha, const at::Tensor& mean,
                                                   const at::Tensor& sigma,
-                                                  const at::Tensor& seed) {
+                                                  const at::Tensor& seed, int64_t index_base) {
   check_x3(x3, "x");
   check_x3(dy3, "dy");
+  const uint64_t base = base_of(index_base);
   const c10::cuda::CUDAGuard guard(x3.device());
   ANOISE_CHECK_SAME_DEVICE(dy3, x3, "dy");
   TORCH_CHECK_VALUE(dy3.sizes() == x3.sizes(), "dy must have x's shape ", x3.sizes(), ", got ",
@@ -166,7 +178,7 @@ std::tuple<at::Tensor, at::Tensor> backward_batch(const at::Tensor& dy3, const a
   at::Tensor coef = at::empty({g.C}, x3.options().dtype(st));
   const DType dt = dtype_of(x3, "x");
   // The reduction walks dy with x's geometry: any strides of dy are read correctly.
-  check(anoise_cuda::noise_dot(dt, g, view_of(dy3), s, part.data_ptr(), gsum.data_ptr(),
+  check(anoise_cuda::noise_dot(dt, g, view_of(dy3), s, base, part.data_ptr(), gsum.data_ptr(),
                                alpha.data_ptr(), sigma.data_ptr(), coef.data_ptr(), stream()),
         "backward_batch");
   check(input_grad(dt, g, view_of(dy3), view_of(x3), view_of(dx), coef.data_ptr(),
@@ -217,11 +229,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace ac = anoise_cuda::binding;
   m.doc() = "anoise CUDA kernels (see anoise/backends.py for the launcher interface)";
   m.def("forward_batch", &ac::forward_batch, py::arg("x3"), py::arg("alpha"), py::arg("seed"),
-        py::arg("eps"));
-  m.def("forward_scaled", &ac::forward_scaled, py::arg("x3"), py::arg("scale"), py::arg("seed"));
+        py::arg("eps"), py::kw_only(), py::arg("index_base") = 0);
+  m.def("forward_scaled", &ac::forward_scaled, py::arg("x3"), py::arg("scale"), py::arg("seed"),
+        py::kw_only(), py::arg("index_base") = 0);
   m.def("backward_batch", &ac::backward_batch, py::arg("dy3"), py::arg("x3"), py::arg("alpha"),
-        py::arg("mean"), py::arg("sigma"), py::arg("seed"));
-  m.def("noise_dot", &ac::noise_dot, py::arg("dy3"), py::arg("seed"));
+        py::arg("mean"), py::arg("sigma"), py::arg("seed"), py::kw_only(),
+        py::arg("index_base") = 0);
+  m.def("noise_dot", &ac::noise_dot, py::arg("dy3"), py::arg("seed"), py::kw_only(),
+        py::arg("index_base") = 0);
   m.def("randn", &ac::randn, py::arg("numel"), py::arg("seed"));
   m.def("randn_range", &ac::randn_range, py::arg("start"), py::arg("count"), py::arg("step"),
         py::arg("seed"));
