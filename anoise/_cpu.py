@@ -1,8 +1,11 @@
 """The ``cpu`` backend: launchers of the fused C++ kernels in ``csrc/cpu``.
 
 Importing this module loads the compiled extension (prebuilt by ``setup.py``, or built just in
-time); if that fails it raises ImportError and :func:`anoise.backends` reports why.  Besides
-the four launchers of the interface (see :mod:`anoise.backends`) it exposes:
+time); if that fails it raises ImportError and :func:`anoise.backends` reports why.  The four
+launchers of the interface (see :mod:`anoise.backends`) also take a keyword-only
+``index_base=0``, as the Triton ones do: element ``i`` of the call draws
+``randn(seed, index_base + i)``, so a rank draws the noise of its slice of a global batch
+(a negative base raises ValueError).  Besides those it exposes:
 
     randn(numel, seed) -> float32 tensor   # eps for logical indices 0 .. numel-1
     draw_at(offsets, seed) -> (words, rand, randn)   # test hook: the stream at int64 offsets

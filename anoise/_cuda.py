@@ -2,8 +2,9 @@
 
 Importing this module loads the compiled extension (prebuilt by ``setup.py`` where torch has
 CUDA, or built just in time); if that fails it raises ImportError and :func:`anoise.backends`
-reports why.  Besides the four launchers of the interface (see :mod:`anoise.backends`) it
-exposes ``randn(numel, seed)`` and the test hooks ``draw_at(offsets, seed)`` and
+reports why.  Besides the four launchers of the interface (see :mod:`anoise.backends`), which
+take a keyword-only ``index_base=0`` as in :mod:`anoise._cpu`, it exposes
+``randn(numel, seed)`` and the test hooks ``draw_at(offsets, seed)`` and
 ``randn_range(start, count, step, seed)``, as :mod:`anoise._cpu` does.
 """
 
