@@ -8,8 +8,9 @@ starts at ``(N_0 + ... + N_{r-1}) * C * S``), so the ranks' outputs concatenated
 equal one process's output on the concatenated batch.  Backward all-reduces ``G_c`` for the
 statistics term of ``dx``; ``d alpha`` stays local (DDP averages parameter gradients).
 
-This path computes with PyTorch ops (the reference math) and regenerates the noise in backward
-instead of storing it.
+The statistics and ``dx`` are computed with PyTorch ops; the noise (injection and ``G_c``) comes
+from the chosen backend's launchers with the rank's index offset, or from the reference stream
+for ``backend="reference"``.  Backward regenerates the noise instead of storing it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from . import backends as _backends
+from .ops import _view3d
 from .philox import noise_like
 from .reference import stat_dtype
 
@@ -59,11 +62,30 @@ def _merge(counts: list[int], means: list[Tensor], m2s: list[Tensor]):
     return n, mean, m2
 
 
+def _inject(x, scale, seed_t, offset, backend):
+    """``x + scale_c * eps`` with the noise of logical indices ``offset + i``."""
+    if backend == "reference":
+        seed = int(seed_t.item()) & (2**64 - 1)
+        noise = noise_like(x, seed, offset).to(scale.dtype)
+        return (x.to(scale.dtype) + _per_channel(scale, x.dim()) * noise).to(x.dtype)
+    y3 = _backends.launcher(backend).forward_scaled(_view3d(x), scale, seed_t,
+                                                     index_base=offset)
+    return y3.reshape(x.shape)
+
+
+def _noise_dot(dy, seed_t, offset, backend, dtype):
+    """``G_c = sum(dy * eps)`` over this rank's elements of channel ``c``."""
+    if backend == "reference":
+        seed = int(seed_t.item()) & (2**64 - 1)
+        return (dy.to(dtype) * noise_like(dy, seed, offset).to(dtype)).sum(_dims(dy))
+    return _backends.launcher(backend).noise_dot(_view3d(dy), seed_t, index_base=offset)
+
+
 class SyncAdaptiveNoise(torch.autograd.Function):
     """Forward returns ``(y, var, M)``: the global biased variance and element count (a tensor)."""
 
     @staticmethod
-    def forward(ctx, x, alpha, seed, eps, stats_grad, group):
+    def forward(ctx, x, alpha, seed, eps, stats_grad, group, backend):
         sdtype = stat_dtype(x.dtype)
         N, C, S = x.shape[0], x.shape[1], math.prod(x.shape[2:])
         xs = x.to(sdtype)
@@ -74,28 +96,26 @@ class SyncAdaptiveNoise(torch.autograd.Function):
             mean_l = m2_l = xs.new_zeros(C)
         meta = _gather(torch.tensor([N, seed], dtype=torch.int64, device=x.device), group)
         batch_sizes = [int(m[0]) for m in meta]
-        seed = int(meta[0][1]) & (2**64 - 1)  # rank 0's seed for every rank
+        seed_t = meta[0][1:].clone()  # rank 0's seed for every rank, as a (1,) int64 tensor
         stats = _gather(torch.stack([mean_l, m2_l]), group)
         M, mean, m2 = _merge([b * S for b in batch_sizes], [s[0] for s in stats],
                              [s[1] for s in stats])
         var = m2 / max(M, 1)
         sigma = torch.sqrt(var + eps)
         offset = sum(batch_sizes[: dist.get_rank(group)]) * C * S
-        scale = alpha.to(sdtype) * sigma
-        y = (xs + _per_channel(scale, x.dim()) * noise_like(x, seed, offset).to(sdtype))
-        ctx.seed, ctx.offset, ctx.M, ctx.stats_grad, ctx.group = seed, offset, M, stats_grad, group
-        ctx.alpha_dtype = alpha.dtype
-        ctx.save_for_backward(x if stats_grad else None, alpha, mean, sigma)
+        y = _inject(x, alpha.to(sdtype) * sigma, seed_t, offset, backend)
+        ctx.offset, ctx.M, ctx.stats_grad, ctx.group = offset, M, stats_grad, group
+        ctx.alpha_dtype, ctx.backend = alpha.dtype, backend
+        ctx.save_for_backward(x if stats_grad else None, alpha, mean, sigma, seed_t)
         count = torch.tensor(M, dtype=torch.int64)
         ctx.mark_non_differentiable(var, count)
-        return y.to(x.dtype), var, count
+        return y, var, count
 
     @staticmethod
     def backward(ctx, dy, _dvar, _dM):
-        x, alpha, mean, sigma = ctx.saved_tensors
+        x, alpha, mean, sigma, seed_t = ctx.saved_tensors
         sdtype = sigma.dtype
-        noise = noise_like(dy, ctx.seed, ctx.offset).to(sdtype)
-        g_local = (dy.to(sdtype) * noise).sum(_dims(dy))
+        g_local = _noise_dot(dy, seed_t, ctx.offset, ctx.backend, sdtype)
         dx = None
         if ctx.stats_grad:  # every rank joins the all-reduce, whatever it needs
             g = g_local.clone()
@@ -108,4 +128,4 @@ class SyncAdaptiveNoise(torch.autograd.Function):
             else:
                 dx = dy
         dalpha = (sigma * g_local).to(ctx.alpha_dtype) if ctx.needs_input_grad[1] else None
-        return dx, dalpha, None, None, None, None
+        return dx, dalpha, None, None, None, None, None

@@ -56,7 +56,8 @@ def adaptive_noise(
         backend: ``"auto"``, ``"reference"``, ``"triton"``, ``"cuda"`` or ``"cpu"``.
         sync_stats: take the batch statistics over every rank of ``process_group`` (default:
             the world), like ``nn.SyncBatchNorm``; a no-op without an initialised process group
-            of more than one rank.  This path computes with PyTorch ops whatever ``backend``.
+            of more than one rank.  Statistics and ``dx`` are then PyTorch ops; the noise
+            comes from ``backend``.
         process_group: the ``torch.distributed`` group for ``sync_stats``.
 
     Returns:
@@ -72,7 +73,7 @@ def adaptive_noise(
     if sync_stats and use_batch_stats and _dist.is_active(process_group):
         return _adaptive_noise_sync(
             x, alpha, alpha_is_zero, seed, eps, stats_grad, process_group,
-            running_var if update_running else None, num_batches_tracked, momentum,
+            running_var if update_running else None, num_batches_tracked, momentum, name,
         )
     M = x.numel() // C if C else 0
     if x.numel() == 0:
@@ -106,12 +107,12 @@ def adaptive_noise(
 
 
 def _adaptive_noise_sync(x, alpha, alpha_is_zero, seed, eps, stats_grad, group, running_var,
-                         num_batches_tracked, momentum):
+                         num_batches_tracked, momentum, backend):
     """Batch statistics over every rank of ``group`` (see :mod:`anoise.distributed`)."""
     alpha_c = _per_channel_alpha(alpha, x.shape[1], _ref.stat_dtype(x.dtype), x.device)
     seed_t = _seed_tensor(seed, x)
     y, var, count = _dist.SyncAdaptiveNoise.apply(
-        x, alpha_c, int(seed_t.item()), eps, stats_grad, group
+        x, alpha_c, int(seed_t.item()), eps, stats_grad, group, backend
     )
     if running_var is not None:
         _update_running(running_var, num_batches_tracked, var, int(count), momentum)

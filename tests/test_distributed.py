@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import usable_backends
 from torch import nn
 
 import anoise
@@ -17,14 +18,14 @@ WORLD = 2
 BATCH = (3, 5)  # unequal per-rank batches: the noise offsets must follow the real sizes
 
 
-def _model():
+def _model(backend):
     torch.manual_seed(0)
     teacher = nn.Sequential(
         nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(),
         nn.Linear(4 * 4 * 4, 3),
     )
     return anoise.to_stochastic(teacher, 0.3, layers=(nn.Conv2d, nn.Linear),
-                                learnable_alpha=True, per_channel_alpha=True)
+                                learnable_alpha=True, per_channel_alpha=True, backend=backend)
 
 
 def _data():
@@ -40,8 +41,8 @@ def _step(model, x, w):
     return out.detach(), x.grad
 
 
-def _rank_step(rank, result_file):
-    model = anoise.convert_sync(_model())
+def _rank_step(rank, result_file, backend):
+    model = anoise.convert_sync(_model(backend))
     ddp = nn.parallel.DistributedDataParallel(model)
     x, w = _data()
     lo = sum(BATCH[:rank])
@@ -53,11 +54,11 @@ def _rank_step(rank, result_file):
     }, f"{result_file}.{rank}")
 
 
-def _worker(rank, init_file, result_file):
+def _worker(rank, init_file, result_file, backend):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=WORLD)
     try:
-        _rank_step(rank, result_file)
+        _rank_step(rank, result_file, backend)
         # Free DDP's reducer while the group is alive: a reducer that outlives it can
         # deadlock gloo's teardown.
         gc.collect()
@@ -67,13 +68,14 @@ def _worker(rank, init_file, result_file):
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
-def test_two_process_ddp_step_equals_single_process():
+@pytest.mark.parametrize("backend", usable_backends("cpu"))
+def test_two_process_ddp_step_equals_single_process(backend):
     with tempfile.TemporaryDirectory() as tmp:
         result = os.path.join(tmp, "result")
-        mp.spawn(_worker, args=(os.path.join(tmp, "init"), result), nprocs=WORLD)
+        mp.spawn(_worker, args=(os.path.join(tmp, "init"), result, backend), nprocs=WORLD)
         ranks = [torch.load(f"{result}.{r}") for r in range(WORLD)]
 
-    model = _model()
+    model = _model(backend)
     x, w = _data()
     out, xgrad = _step(model, x, w)
     torch.testing.assert_close(torch.cat([r["out"] for r in ranks]), out, atol=1e-5, rtol=1e-5)
