@@ -19,20 +19,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-
-def _conv_args(conv: nn.Conv2d) -> dict:
-    return dict(in_channels=conv.in_channels, out_channels=conv.out_channels,
-                kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
-                padding_mode=conv.padding_mode, device=conv.weight.device,
-                dtype=conv.weight.dtype)
-
-
-def _copy_weights(dst: nn.Conv2d, src: nn.Conv2d) -> None:
-    with torch.no_grad():
-        dst.weight.copy_(src.weight)
-        if src.bias is not None:
-            dst.bias.copy_(src.bias)
+from .modules import conv2d_args, copy_parameters
 
 
 class PNIConv2d(nn.Conv2d):
@@ -47,8 +34,8 @@ class PNIConv2d(nn.Conv2d):
 
     @classmethod
     def from_module(cls, conv: nn.Conv2d, pni_alpha: float = 0.25) -> PNIConv2d:
-        new = cls(**_conv_args(conv), pni_alpha=pni_alpha)
-        _copy_weights(new, conv)
+        new = cls(**conv2d_args(conv), pni_alpha=pni_alpha)
+        copy_parameters(new, conv)
         return new
 
     def forward(self, x: Tensor) -> Tensor:
@@ -71,8 +58,8 @@ class RSEConv2d(nn.Conv2d):
 
     @classmethod
     def from_module(cls, conv: nn.Conv2d, noise_std: float = 0.1) -> RSEConv2d:
-        new = cls(**_conv_args(conv), noise_std=noise_std)
-        _copy_weights(new, conv)
+        new = cls(**conv2d_args(conv), noise_std=noise_std)
+        copy_parameters(new, conv)
         return new
 
     def forward(self, x: Tensor) -> Tensor:

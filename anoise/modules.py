@@ -122,6 +122,34 @@ class AdaptiveNoise(nn.Module):
         missing_keys[:] = [k for k in missing_keys if k not in own]
 
 
+def conv2d_args(conv: nn.Conv2d) -> dict:
+    """The constructor arguments (device and dtype included) of a layer like ``conv``."""
+    return dict(in_channels=conv.in_channels, out_channels=conv.out_channels,
+                kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
+                padding_mode=conv.padding_mode, device=conv.weight.device,
+                dtype=conv.weight.dtype)
+
+
+def linear_args(linear: nn.Linear) -> dict:
+    """The constructor arguments (device and dtype included) of a layer like ``linear``."""
+    return dict(in_features=linear.in_features, out_features=linear.out_features,
+                bias=linear.bias is not None, device=linear.weight.device,
+                dtype=linear.weight.dtype)
+
+
+def copy_parameters(dst: nn.Module, src: nn.Module) -> None:
+    """Copy ``weight`` and ``bias`` (values and ``requires_grad``) and the mode of ``src``."""
+    with torch.no_grad():
+        dst.weight.copy_(src.weight)
+        if src.bias is not None:
+            dst.bias.copy_(src.bias)
+    dst.weight.requires_grad_(src.weight.requires_grad)
+    if src.bias is not None:
+        dst.bias.requires_grad_(src.bias.requires_grad)
+    dst.train(src.training)
+
+
 class _NoiseAfter:
     """Shared by the conv / linear twins: the wrapped layer's output goes through ``noise``."""
 
@@ -137,21 +165,8 @@ class _NoiseAfter:
         if not isinstance(module, base):
             raise TypeError(f"{cls.__name__}.from_module expects an instance of "
                             f"{base.__name__}, got {type(module).__name__}")
-        student = cls(
-            **cls._constructor_args(module),
-            device=module.weight.device,
-            dtype=module.weight.dtype,
-            alpha=alpha,
-            **noise_options,
-        )
-        with torch.no_grad():
-            student.weight.copy_(module.weight)
-            if module.bias is not None:
-                student.bias.copy_(module.bias)
-        student.weight.requires_grad_(module.weight.requires_grad)
-        if module.bias is not None:
-            student.bias.requires_grad_(module.bias.requires_grad)
-        student.train(module.training)
+        student = cls(**cls._constructor_args(module), alpha=alpha, **noise_options)
+        copy_parameters(student, module)
         return student
 
 
@@ -169,12 +184,7 @@ class AdaptiveNoiseConv2d(_NoiseAfter, nn.Conv2d):
                          groups, bias, padding_mode, device, dtype)
         self._init_noise(out_channels, alpha, noise_options, device, dtype)
 
-    @staticmethod
-    def _constructor_args(conv: nn.Conv2d) -> dict:
-        return dict(in_channels=conv.in_channels, out_channels=conv.out_channels,
-                    kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                    dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
-                    padding_mode=conv.padding_mode)
+    _constructor_args = staticmethod(conv2d_args)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.noise(super().forward(x))
@@ -193,10 +203,7 @@ class AdaptiveNoiseLinear(_NoiseAfter, nn.Linear):
         super().__init__(in_features, out_features, bias, device, dtype)
         self._init_noise(out_features, alpha, noise_options, device, dtype)
 
-    @staticmethod
-    def _constructor_args(linear: nn.Linear) -> dict:
-        return dict(in_features=linear.in_features, out_features=linear.out_features,
-                    bias=linear.bias is not None)
+    _constructor_args = staticmethod(linear_args)
 
     def forward(self, x: Tensor) -> Tensor:
         y = super().forward(x)
