@@ -1,11 +1,17 @@
-"""The noise stream of anoise: Triton's ``tl.randn(seed, i)`` in plain PyTorch integer ops.
+"""The noise stream of anoise (stream 2, SPEC section 3) in plain PyTorch integer ops.
 
-Every backend draws ``eps`` for the element at logical row-major index ``i`` of a call with
-64-bit ``seed`` as Philox4x32-10 on the counter ``(i_lo, i_hi, 0, 0)`` and the key
-``(seed_lo, seed_hi)``, followed by Triton's uniform and Box-Muller steps.  This module is the
-readable definition; the fused kernels in ``kernels/`` and ``csrc/`` implement the same stream.
+One Philox4x32-10 call gives four normals.  The element at logical row-major index ``i`` of a
+call with 64-bit ``seed`` draws component ``i & 3`` of Triton's ``tl.randn4x(seed, i >> 2)``:
 
-The 32-bit words are held in int64 tensors (torch has no full uint32 arithmetic).
+* group ``j = i >> 2``: Philox4x32-10 on the counter ``(j_lo, j_hi, 0, 0)`` with the key
+  ``(seed_lo, seed_hi)`` gives the words ``w0..w3``;
+* each word becomes a uniform (Triton's ``uint_to_uniform_float``);
+* two Box-Muller pairs, ``(u0, u1)`` and ``(u2, u3)``, give
+  ``[r01 cos t01, r01 sin t01, r23 cos t23, r23 sin t23]``.
+
+This module is the readable definition; the fused kernels in ``kernels/`` and ``csrc/``
+implement the same stream.  The 32-bit words are held in int64 tensors (torch has no full
+uint32 arithmetic).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ UNIFORM_SCALE = 4.6566127342e-10  # largest s with (2**31 - 1) * s < 1 in float3
 TWO_PI = 6.2831855  # float32(2 * pi)
 MIN_U1 = 1e-7
 SEED_MAX = 2**64 - 1
+GROUP = 4  # normals per Philox call
 
 
 def _mulhilo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,17 +41,17 @@ def _mulhilo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (p >> 32) & MASK32, p & MASK32
 
 
-def philox_words(seed: int, offsets: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """The four Philox4x32-10 output words (as int64 in ``[0, 2**32)``) for each offset.
+def philox_words(seed: int, groups: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The four Philox4x32-10 output words (as int64 in ``[0, 2**32)``) for each group index.
 
-    ``offsets`` is an int64 tensor of non-negative logical indices; ``seed`` an int in
-    ``[0, 2**64)``.  Matches Triton's ``tl.randint4x(seed, offsets)``.
+    ``groups`` is an int64 tensor of non-negative counters; ``seed`` an int in ``[0, 2**64)``.
+    Matches Triton's ``tl.randint4x(seed, groups)``.
     """
     if not 0 <= seed <= SEED_MAX:
         raise ValueError(f"seed must be an int in [0, 2**64), got {seed}")
-    offsets = offsets.to(torch.int64)
-    c0 = offsets & MASK32
-    c1 = (offsets >> 32) & MASK32
+    groups = groups.to(torch.int64)
+    c0 = groups & MASK32
+    c1 = (groups >> 32) & MASK32
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
     k0, k1 = seed & MASK32, seed >> 32
@@ -64,29 +71,41 @@ def uniform_from_word(word: torch.Tensor) -> torch.Tensor:
     return v.to(torch.float32) * torch.tensor(UNIFORM_SCALE, dtype=torch.float32)
 
 
-def box_muller(u1: torch.Tensor, u2: torch.Tensor) -> torch.Tensor:
-    """The first output of Triton's ``pair_uniform_to_normal``, in float32."""
-    u1 = torch.clamp_min(u1, MIN_U1)
-    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(TWO_PI * u2)
+def box_muller(u1: torch.Tensor, u2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Triton's ``pair_uniform_to_normal``: two float32 normals from two uniforms."""
+    r = torch.sqrt(-2.0 * torch.log(torch.clamp_min(u1, MIN_U1)))
+    t = TWO_PI * u2
+    return r * torch.cos(t), r * torch.sin(t)
 
 
-def philox_uniform(seed: int, offsets: torch.Tensor) -> torch.Tensor:
-    """``tl.rand(seed, offsets)``."""
-    return uniform_from_word(philox_words(seed, offsets)[0])
+def philox_uniform4(seed: int, groups: torch.Tensor) -> torch.Tensor:
+    """``tl.rand4x(seed, groups)`` as a ``(len(groups), 4)`` float32 tensor."""
+    return torch.stack([uniform_from_word(w) for w in philox_words(seed, groups)], dim=-1)
 
 
-def philox_normal(seed: int, offsets: torch.Tensor) -> torch.Tensor:
-    """``tl.randn(seed, offsets)``: float32 standard normals, one per offset."""
-    w0, w1, _, _ = philox_words(seed, offsets)
-    return box_muller(uniform_from_word(w0), uniform_from_word(w1))
+def philox_normal4(seed: int, groups: torch.Tensor) -> torch.Tensor:
+    """``tl.randn4x(seed, groups)`` as a ``(len(groups), 4)`` float32 tensor."""
+    u0, u1, u2, u3 = philox_uniform4(seed, groups).unbind(-1)
+    n0, n1 = box_muller(u0, u1)
+    n2, n3 = box_muller(u2, u3)
+    return torch.stack([n0, n1, n2, n3], dim=-1)
+
+
+def philox_normal(seed: int, indices: torch.Tensor) -> torch.Tensor:
+    """``eps`` of the stream at element indices ``indices``: ``randn4x(seed, i >> 2)[i & 3]``."""
+    indices = indices.to(torch.int64)
+    normals = philox_normal4(seed, indices.flatten() >> 2)
+    component = (indices.flatten() & (GROUP - 1)).unsqueeze(-1)
+    return normals.gather(-1, component).view(indices.shape)
 
 
 def noise_like(x: torch.Tensor, seed: int, offset: int = 0, chunk: int = 1 << 22) -> torch.Tensor:
     """``eps`` for every element of ``x`` (float32, shape of ``x``, contiguous).
 
-    Element ``x[idx]`` gets ``randn(seed, offset + i)`` with ``i`` its row-major (contiguous)
-    index, whatever ``x``'s memory layout.  ``offset`` places ``x`` inside a larger logical tensor
-    (a rank's slice of a global batch).  Works in chunks to bound the int64 temporaries.
+    Element ``x[idx]`` gets ``philox_normal(seed, offset + i)`` with ``i`` its row-major
+    (contiguous) index, whatever ``x``'s memory layout.  ``offset`` places ``x`` inside a larger
+    logical tensor (a rank's slice of a global batch).  Works in chunks to bound the int64
+    temporaries.
     """
     n = x.numel()
     out = torch.empty(n, dtype=torch.float32, device=x.device)

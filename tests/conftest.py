@@ -41,12 +41,19 @@ def usable_backends(device: str) -> list[str]:
     return names
 
 
-VECTORS_PATH = Path(__file__).parent / "data" / "philox_vectors.json"
+DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="session")
 def philox_vectors():
-    return json.loads(VECTORS_PATH.read_text())["cases"]
+    """Draws of the earlier stream (``tl.randn(seed, j)``): Philox words and component 0."""
+    return json.loads((DATA / "philox_vectors.json").read_text())["cases"]
+
+
+@pytest.fixture(scope="session")
+def philox4_vectors():
+    """Draws of stream 2 made by Triton itself (``tl.randint4x / rand4x / randn4x``)."""
+    return json.loads((DATA / "philox4_vectors.json").read_text())["cases"]
 
 
 def assert_close_to_reference(actual, expected, dtype):
