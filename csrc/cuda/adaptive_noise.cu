@@ -156,15 +156,20 @@ struct Welford {
   A n, mean, m2;
 };
 
+// b / n: in float an approximate quotient (2 ulp) is plenty for a merge weight.
+__device__ __forceinline__ float weight(float b, float n) { return __fdividef(b, n); }
+__device__ __forceinline__ double weight(double b, double n) { return b / n; }
+
 template <class A>
 __device__ __forceinline__ Welford<A> chan_merge(Welford<A> a, Welford<A> b) {
   const A n = a.n + b.n;
   if (n == A(0)) return a;
-  const A delta = b.mean - a.mean, fb = b.n / n;
+  const A delta = b.mean - a.mean, fb = weight(b.n, n);
   return Welford<A>{n, a.mean + delta * fb, a.m2 + b.m2 + delta * delta * a.n * fb};
 }
 
-// Merge a tile of `cnt` (1..4) values: one division per tile, none per element.
+// Merge a tile of `cnt` (1..4) values, the first cnt of v: one division per tile, none per
+// element.
 template <class A>
 __device__ __forceinline__ void add_tile(Welford<A>& w, const A (&v)[4], int cnt) {
   A sum = 0;
@@ -307,6 +312,7 @@ RPlan dot_plan(const Shape& sh, const View& dy, uint64_t base, int elem) {
 // ---- forward: statistics -----------------------------------------------------------------------
 
 // Block c * nchunks + k: positions [k*chunk, ...) of channel c, 4 per thread and step (a tile).
+// Fast: S a multiple of 4 and x's rows aligned, so every tile is one vector of one row.
 template <class T, bool Fast, class I>
 __global__ void __launch_bounds__(kThreads)
     stats_planes(Shape sh, View x, RPlan p, Divider<I> dS, void* pmean, void* pm2) {
@@ -322,9 +328,7 @@ __global__ void __launch_bounds__(kThreads)
     A v[4];
     int cnt = 4;
     if (Fast) {
-      const Pack<T> pk = load4(xc + (int64_t)n * x.sN + s);
-#pragma unroll
-      for (int e = 0; e < 4; ++e) v[e] = (A)to_acc(pk.v[e]);
+      unpack(load4(xc + (int64_t)n * x.sN + s), v);
     } else {
       cnt = (int)imin<I>(4, end - j);
       I row = n;
@@ -345,6 +349,7 @@ __global__ void __launch_bounds__(kThreads)
 
 // Channels innermost: block (32 channels, 8), thread (tx, ty) takes positions
 // k*chunk + ty + 8 * (4 i + e), e = 0..3 (a tile), of channel 32 * (b / nchunks) + tx.
+// Fast: positions one stride apart (no division).  Full tiles first, then the chunk's tail.
 template <class T, bool Fast, class I>
 __global__ void __launch_bounds__(kTileX* kTileY)
     stats_rows(Shape sh, View x, RPlan p, Divider<I> dS, void* pmean, void* pm2) {
@@ -354,25 +359,29 @@ __global__ void __launch_bounds__(kTileX* kTileY)
   const I begin = (I)(k * p.chunk), end = (I)imin<int64_t>(begin + p.chunk, p.items);
   const int64_t pstride = sh.S == 1 ? x.sN : x.sS;
   const T* xc = static_cast<const T*>(x.data) + (c < sh.C ? c : 0) * x.sC;
+  auto at = [&](I pos) {
+    if (Fast) return (A)to_acc(xc[(int64_t)pos * pstride]);
+    const I n = div(pos, dS);
+    return (A)to_acc(xc[(int64_t)n * x.sN + (int64_t)(pos - n * dS.d) * x.sS]);
+  };
   Welford<A> w{A(0), A(0), A(0)};
   if (c < sh.C) {
+    I j = begin + threadIdx.y;
 #pragma unroll 1
-    for (I j = begin + threadIdx.y; j < end; j += 4 * kTileY) {
+    for (; j + 3 * kTileY < end; j += 4 * kTileY) {
+      A v[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) v[e] = at(j + e * kTileY);
+      add_tile(w, v, 4);
+    }
+    if (j < end) {
       A v[4];
       int cnt = 0;
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
-        const I pos = j + e * kTileY;
-        if (pos < end) {
-          int64_t off;
-          if (Fast) {
-            off = (int64_t)pos * pstride;
-          } else {
-            const I n = div(pos, dS);
-            off = (int64_t)n * x.sN + (int64_t)(pos - n * dS.d) * x.sS;
-          }
-          v[cnt++] = (A)to_acc(xc[off]);
-        }
+        const bool in = j + e * kTileY < end;
+        v[e] = in ? at(j + e * kTileY) : A(0);
+        cnt += in;
       }
       add_tile(w, v, cnt);
     }

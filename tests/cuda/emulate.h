@@ -178,4 +178,5 @@ void launch(dim3 grid, dim3 block, F&& body) {
 #define __syncthreads() emu::syncthreads()
 #define __shfl_down_sync(mask, v, offset) emu::shfl_down(mask, v, offset)
 #define __ldg(p) (*(p))
+#define __fdividef(a, b) ((a) / (b))
 #define cudaGetLastError() cudaSuccess
