@@ -133,35 +133,20 @@ def report(text: str, markdown: bool = False) -> list[str]:
         memory = COPY_BW / nbytes / 1e9
         bound = "memory" if memory <= compute else "instructions"
         rows.append((pass_, layout, dtype, count, per_elem, compute, memory, bound))
-    lines = []
+    # Cells as text; "?" where the loop could not be counted (the reason in the last cell).
+    cells = [[p, lay, dt] + (["?"] * 4 if n is None else
+                             [str(n), f"{e:.1f}", f"{c:.0f}", f"{m:.0f}"]) + [b]
+             for p, lay, dt, n, e, c, m, b in rows]
     if markdown:
-        lines.append(
-            "| pass | layout | dtype | SASS / iteration (4 elements) | SASS / element | "
-            "instruction roof (G elements/s) | memory roof (G elements/s) | bound by |"
-        )
-        lines.append("|---|---|---|---|---|---|---|---|")
-        for r in rows:
-            if r[3] is None:
-                lines.append(f"| {r[0]} | {r[1]} | {r[2]} | ? | ? | ? | ? | {r[7]} |")
-            else:
-                lines.append(
-                    f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} | {r[4]:.1f} | {r[5]:.0f} | "
-                    f"{r[6]:.0f} | {r[7]} |"
-                )
-    else:
-        lines.append(
-            f"  {'pass':<16} {'layout':<14} {'dtype':<5} {'SASS/it':>7} {'SASS/elt':>8} "
-            f"{'instr roof':>10} {'mem roof':>9}  bound (G elements/s on an H200)"
-        )
-        for r in rows:
-            if r[3] is None:
-                lines.append(f"  {r[0]:<16} {r[1]:<14} {r[2]:<5} {r[7]}")
-            else:
-                lines.append(
-                    f"  {r[0]:<16} {r[1]:<14} {r[2]:<5} {r[3]:>7} {r[4]:>8.1f} {r[5]:>10.0f} "
-                    f"{r[6]:>9.0f}  {r[7]}"
-                )
-    return lines
+        head = ["pass", "layout", "dtype", "SASS / iteration (4 elements)", "SASS / element",
+                "instruction roof (G elements/s)", "memory roof (G elements/s)", "bound by"]
+        return ["| " + " | ".join(r) + " |" for r in [head, ["---"] * len(head), *cells]]
+    head = ["pass", "layout", "dtype", "SASS/it", "SASS/elt", "instr roof", "mem roof",
+            "bound (G elements/s on an H200)"]
+    widths = [16, 14, 5, 7, 8, 10, 9]
+    return ["  " + " ".join(f"{v:<{w}}" if k < 3 else f"{v:>{w}}" for k, (v, w) in
+                            enumerate(zip(r[:7], widths, strict=True))) + "  " + r[7]
+            for r in [head, *cells]]
 
 
 def main(argv: list[str]) -> int:
