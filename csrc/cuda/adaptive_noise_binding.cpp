@@ -62,9 +62,11 @@ void check_channels(const at::Tensor& v, const at::Tensor& x, const char* name,
   TORCH_CHECK_VALUE(v.is_contiguous(), name, " must be contiguous");
 }
 
-const int64_t* seed_ptr(const at::Tensor& seed, const at::Tensor& x) {
-  ANOISE_CHECK_CUDA(seed, "seed");
-  ANOISE_CHECK_SAME_DEVICE(seed, x, "seed");
+// The seed is read on the device (no host synchronisation), so it must live on `like`'s
+// device; checked before any device guard, which would assert on a CPU tensor.
+const int64_t* seed_ptr(const at::Tensor& seed, const at::Tensor& like, const char* like_name) {
+  TORCH_CHECK_VALUE(seed.device() == like.device(), "seed must be on the same device as ",
+                    like_name, " (", like.device(), "), got a tensor on ", seed.device());
   TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong, "seed must be an int64 tensor, got ",
                    seed.scalar_type());
   TORCH_CHECK_VALUE(seed.numel() == 1, "seed must hold one value, got shape ", seed.sizes());
@@ -80,12 +82,10 @@ View view_of(const at::Tensor& t) {
   return View{t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
 }
 
-Geometry geometry_of(const at::Tensor& t) {
-  return make_geometry(t.size(0), t.size(1), t.size(2), t.stride(0), t.stride(1), t.stride(2));
-}
+Shape shape_of(const at::Tensor& t) { return Shape{t.size(0), t.size(1), t.size(2)}; }
 
-at::Tensor partials(const Geometry& g, at::ScalarType st, const at::Tensor& like) {
-  return at::empty({std::max<int64_t>(1, g.C * g.nchunks)}, like.options().dtype(st));
+at::Tensor partials(int64_t n, at::ScalarType st, const at::Tensor& like) {
+  return at::empty({n}, like.options().dtype(st));
 }
 
 cudaStream_t stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
@@ -99,23 +99,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_batch(const at::Tensor& x
   const c10::cuda::CUDAGuard guard(x3.device());
   const at::ScalarType st = stat_type(x3);
   check_channels(alpha, x3, "alpha", st);
-  const int64_t* s = seed_ptr(seed, x3);
-  const Geometry g = geometry_of(x3);
+  const int64_t* s = seed_ptr(seed, x3, "x");
+  const Shape sh = shape_of(x3);
   at::Tensor y = at::empty_like(x3);
-  at::Tensor mean = at::empty({g.C}, x3.options().dtype(st));
-  at::Tensor var = at::empty({g.C}, x3.options().dtype(st));
-  if (g.N * g.S == 0 || g.C == 0) {
+  at::Tensor mean = at::empty({sh.C}, x3.options().dtype(st));
+  at::Tensor var = at::empty({sh.C}, x3.options().dtype(st));
+  if (sh.N * sh.S == 0 || sh.C == 0) {
     mean.fill_(std::numeric_limits<double>::quiet_NaN());
     var.fill_(std::numeric_limits<double>::quiet_NaN());
     return {y, mean, var};
   }
-  at::Tensor pmean = partials(g, st, x3), pm2 = partials(g, st, x3);
-  at::Tensor scale = at::empty({g.C}, x3.options().dtype(st));
+  const View xv = view_of(x3);
+  const int64_t np = stats_partials(sh, xv);
+  at::Tensor pmean = partials(np, st, x3), pm2 = partials(np, st, x3);
+  at::Tensor scale = at::empty({sh.C}, x3.options().dtype(st));
   const DType dt = dtype_of(x3, "x");
-  check(forward_stats(dt, g, view_of(x3), pmean.data_ptr(), pm2.data_ptr(), alpha.data_ptr(),
-                      eps, mean.data_ptr(), var.data_ptr(), scale.data_ptr(), stream()),
+  check(forward_stats(dt, sh, xv, pmean.data_ptr(), pm2.data_ptr(), alpha.data_ptr(), eps,
+                      mean.data_ptr(), var.data_ptr(), scale.data_ptr(), stream()),
         "forward_batch");
-  check(apply_noise(dt, g, view_of(x3), view_of(y), scale.data_ptr(), s, base, stream()),
+  check(apply_noise(dt, sh, xv, view_of(y), scale.data_ptr(), s, base, stream()),
         "forward_batch");
   return {y, mean, var};
 }
@@ -126,12 +128,11 @@ at::Tensor forward_scaled(const at::Tensor& x3, const at::Tensor& scale, const a
   const uint64_t base = base_of(index_base);
   const c10::cuda::CUDAGuard guard(x3.device());
   check_channels(scale, x3, "scale", stat_type(x3));
-  const int64_t* s = seed_ptr(seed, x3);
-  const Geometry g = geometry_of(x3);
+  const int64_t* s = seed_ptr(seed, x3, "x");
   at::Tensor y = at::empty_like(x3);
   if (y.numel() == 0) return y;
-  check(apply_noise(dtype_of(x3, "x"), g, view_of(x3), view_of(y), scale.data_ptr(), s, base,
-                    stream()),
+  check(apply_noise(dtype_of(x3, "x"), shape_of(x3), view_of(x3), view_of(y), scale.data_ptr(),
+                    s, base, stream()),
         "forward_scaled");
   return y;
 }
@@ -140,13 +141,14 @@ at::Tensor noise_dot(const at::Tensor& dy3, const at::Tensor& seed, int64_t inde
   check_x3(dy3, "dy");
   const uint64_t base = base_of(index_base);
   const c10::cuda::CUDAGuard guard(dy3.device());
-  const int64_t* s = seed_ptr(seed, dy3);
+  const int64_t* s = seed_ptr(seed, dy3, "dy");
   const at::ScalarType st = stat_type(dy3);
-  const Geometry g = geometry_of(dy3);
-  at::Tensor out = at::zeros({g.C}, dy3.options().dtype(st));
+  const Shape sh = shape_of(dy3);
+  at::Tensor out = at::zeros({sh.C}, dy3.options().dtype(st));
   if (dy3.numel() == 0) return out;
-  at::Tensor part = partials(g, st, dy3);
-  check(anoise_cuda::noise_dot(dtype_of(dy3, "dy"), g, view_of(dy3), s, base, part.data_ptr(),
+  const View dv = view_of(dy3);
+  at::Tensor part = partials(dot_partials(sh, dv, base), st, dy3);
+  check(anoise_cuda::noise_dot(dtype_of(dy3, "dy"), sh, dv, s, base, part.data_ptr(),
                                out.data_ptr(), nullptr, nullptr, nullptr, stream()),
         "noise_dot");
   return out;
@@ -169,30 +171,34 @@ std::tuple<at::Tensor, at::Tensor> backward_batch(const at::Tensor& dy3, const a
   check_channels(alpha, x3, "alpha", st);
   check_channels(mean, x3, "mean", st);
   check_channels(sigma, x3, "sigma", st);
-  const int64_t* s = seed_ptr(seed, x3);
-  const Geometry g = geometry_of(x3);
-  at::Tensor gsum = at::zeros({g.C}, x3.options().dtype(st));
+  const int64_t* s = seed_ptr(seed, x3, "x");
+  const Shape sh = shape_of(x3);
+  at::Tensor gsum = at::zeros({sh.C}, x3.options().dtype(st));
   at::Tensor dx = at::empty_like(x3);
   if (x3.numel() == 0) return {dx, gsum};
-  at::Tensor part = partials(g, st, x3);
-  at::Tensor coef = at::empty({g.C}, x3.options().dtype(st));
+  const View dv = view_of(dy3);
+  at::Tensor part = partials(dot_partials(sh, dv, base), st, x3);
+  at::Tensor coef = at::empty({sh.C}, x3.options().dtype(st));
   const DType dt = dtype_of(x3, "x");
-  // The reduction walks dy with x's geometry: any strides of dy are read correctly.
-  check(anoise_cuda::noise_dot(dt, g, view_of(dy3), s, base, part.data_ptr(), gsum.data_ptr(),
+  // Each pass walks each tensor in its own layout: g over dy's, dx over dx's.
+  check(anoise_cuda::noise_dot(dt, sh, dv, s, base, part.data_ptr(), gsum.data_ptr(),
                                alpha.data_ptr(), sigma.data_ptr(), coef.data_ptr(), stream()),
         "backward_batch");
-  check(input_grad(dt, g, view_of(dy3), view_of(x3), view_of(dx), coef.data_ptr(),
-                   mean.data_ptr(), stream()),
+  check(input_grad(dt, sh, dv, view_of(x3), view_of(dx), coef.data_ptr(), mean.data_ptr(),
+                   stream()),
         "backward_batch");
   return {dx, gsum};
 }
 
+// Test hooks and the normal generator: eps at element indices start + j * step, j < count.
 at::Tensor randn_range(int64_t start, int64_t count, int64_t step, const at::Tensor& seed) {
   TORCH_CHECK_VALUE(start >= 0 && count >= 0 && step >= 1,
                     "need start >= 0, count >= 0 and step >= 1, got ", start, ", ", count, ", ",
                     step);
+  TORCH_CHECK_VALUE(seed.is_cuda(), "seed must be a CUDA tensor (the cuda backend draws on its ",
+                    "device), got a tensor on ", seed.device());
   const c10::cuda::CUDAGuard guard(seed.device());
-  const int64_t* s = seed_ptr(seed, seed);
+  const int64_t* s = seed_ptr(seed, seed, "seed");
   at::Tensor out = at::empty({count}, seed.options().dtype(at::kFloat));
   check(anoise_cuda::randn(out.data_ptr<float>(), count, start, step, s, stream()), "randn");
   return out;
@@ -203,23 +209,25 @@ at::Tensor randn(int64_t numel, const at::Tensor& seed) {
   return randn_range(0, numel, 1, seed);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> draw_at(const at::Tensor& offsets,
+// (words, rand4, randn4), each (G, 4): the Philox words (as int64), the uniforms and the
+// kernels' normals of the given group indices.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> draw_at(const at::Tensor& groups,
                                                        const at::Tensor& seed) {
-  ANOISE_CHECK_CUDA(offsets, "offsets");
-  const c10::cuda::CUDAGuard guard(offsets.device());
-  TORCH_CHECK_TYPE(offsets.scalar_type() == at::kLong, "offsets must be int64, got ",
-                   offsets.scalar_type());
-  TORCH_CHECK_VALUE(offsets.dim() == 1, "offsets must be 1-D, got shape ", offsets.sizes());
-  const int64_t* s = seed_ptr(seed, offsets);
-  at::Tensor off = offsets.contiguous();
-  const int64_t n = off.numel();
-  at::Tensor words = at::empty({n, 4}, off.options());
-  at::Tensor rand = at::empty({n}, off.options().dtype(at::kFloat));
-  at::Tensor rn = at::empty({n}, off.options().dtype(at::kFloat));
-  check(anoise_cuda::draw_at(off.data_ptr<int64_t>(), n, s, words.data_ptr<int64_t>(),
-                             rand.data_ptr<float>(), rn.data_ptr<float>(), stream()),
+  ANOISE_CHECK_CUDA(groups, "groups");
+  TORCH_CHECK_TYPE(groups.scalar_type() == at::kLong, "groups must be int64, got ",
+                   groups.scalar_type());
+  TORCH_CHECK_VALUE(groups.dim() == 1, "groups must be 1-D, got shape ", groups.sizes());
+  const int64_t* s = seed_ptr(seed, groups, "groups");
+  const c10::cuda::CUDAGuard guard(groups.device());
+  at::Tensor g = groups.contiguous();
+  const int64_t n = g.numel();
+  at::Tensor words = at::empty({n, 4}, g.options());
+  at::Tensor rand4 = at::empty({n, 4}, g.options().dtype(at::kFloat));
+  at::Tensor randn4 = at::empty({n, 4}, g.options().dtype(at::kFloat));
+  check(anoise_cuda::draw_at(g.data_ptr<int64_t>(), n, s, words.data_ptr<int64_t>(),
+                             rand4.data_ptr<float>(), randn4.data_ptr<float>(), stream()),
         "draw_at");
-  return {words, rand, rn};
+  return {words, rand4, randn4};
 }
 
 }  // namespace binding
@@ -240,5 +248,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("randn", &ac::randn, py::arg("numel"), py::arg("seed"));
   m.def("randn_range", &ac::randn_range, py::arg("start"), py::arg("count"), py::arg("step"),
         py::arg("seed"));
-  m.def("draw_at", &ac::draw_at, py::arg("offsets"), py::arg("seed"));
+  m.def("draw_at", &ac::draw_at, py::arg("groups"), py::arg("seed"));
 }
