@@ -69,8 +69,7 @@ def adaptive_noise(
     Returns:
         A tensor like ``x``.  With a float ``alpha == 0`` this is ``x`` itself.
     """
-    if channels_dim != 1:
-        x3 = _channels_view(x, channels_dim)
+    if channels_dim != 1 and (x3 := _channels_view(x, channels_dim)) is not x:
         y3 = adaptive_noise(
             x3, alpha, running_var=running_var, num_batches_tracked=num_batches_tracked,
             training=training, momentum=momentum, eps=eps, stats_grad=stats_grad, seed=seed,
@@ -137,7 +136,8 @@ def _adaptive_noise_sync(x, alpha, alpha_is_zero, seed, eps, stats_grad, group, 
 
 
 def _channels_view(x: Tensor, channels_dim: int) -> Tensor:
-    """``x`` with its channels in dim ``d`` as ``(prod(shape[:d]), C, prod(shape[d+1:]))``.
+    """``x`` with its channels in dim ``d`` as ``(prod(shape[:d]), C, prod(shape[d+1:]))``
+    (``x`` itself when ``d`` is 1).
 
     A reshape keeps the row-major order, so every element keeps its logical index (and so its
     noise); it is a view, not a copy, whenever the dims on each side of ``d`` can be merged (any
@@ -147,12 +147,16 @@ def _channels_view(x: Tensor, channels_dim: int) -> Tensor:
         raise TypeError(f"channels_dim must be an int, got {type(channels_dim).__name__}")
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0:
+        raise ValueError("x must have at least 1 dim (the channels), got a 0-dim tensor")
     if not -x.dim() <= channels_dim < x.dim():
         raise ValueError(
             f"channels_dim must be in [-{x.dim()}, {x.dim()}) for x of shape {tuple(x.shape)}, "
             f"got {channels_dim}"
         )
     d = channels_dim % x.dim()
+    if d == 1:
+        return x
     return x.reshape(math.prod(x.shape[:d]), x.shape[d], math.prod(x.shape[d + 1:]))
 
 
