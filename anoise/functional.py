@@ -69,7 +69,9 @@ def adaptive_noise(
     Returns:
         A tensor like ``x``.  With a float ``alpha == 0`` this is ``x`` itself.
     """
-    if channels_dim != 1 and (x3 := _channels_view(x, channels_dim)) is not x:
+    if (type(channels_dim) is not int or channels_dim != 1) and (
+        x3 := _channels_view(x, channels_dim)
+    ) is not x:
         y3 = adaptive_noise(
             x3, alpha, running_var=running_var, num_batches_tracked=num_batches_tracked,
             training=training, momentum=momentum, eps=eps, stats_grad=stats_grad, seed=seed,
