@@ -3,6 +3,8 @@ transformer style.  Each converts, matches its teacher at alpha = 0, trains, cal
 evaluates (stochastic, ensemble) on every usable backend."""
 
 import copy
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +18,13 @@ import anoise
 # interpreter would take minutes.
 BACKENDS = [b for b in usable_backends("cpu") if b != "triton"]
 
+# ResNet's basic block, as the end-to-end benchmark builds it.
+_spec = importlib.util.spec_from_file_location(
+    "anoise_bench_resnet", Path(__file__).resolve().parent.parent / "benchmarks" / "resnet.py")
+_resnet = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_resnet)
+BasicBlock = _resnet.BasicBlock
+
 
 def vgg():
     def block(cin, cout):
@@ -25,26 +34,9 @@ def vgg():
                          nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12 * 2 * 2, 10))
 
 
-class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride=1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                          nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
 def resnet():
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-                         BasicBlock(8, 8), BasicBlock(8, 12, stride=2),
+                         BasicBlock(8, 8, 1), BasicBlock(8, 12, 2),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 10))
 
 

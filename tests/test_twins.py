@@ -16,39 +16,31 @@ from torch import nn
 
 import anoise
 import anoise.functional as AF
-from anoise import (
-    AdaptiveNoiseConv1d,
-    AdaptiveNoiseConv2d,
-    AdaptiveNoiseConv3d,
-    AdaptiveNoiseConvTranspose1d,
-    AdaptiveNoiseConvTranspose2d,
-    AdaptiveNoiseConvTranspose3d,
-    AdaptiveNoiseLinear,
-)
 from anoise.modules import TWINS, layer_args
 from anoise.ops import draw_seed
 
 # (nn layer, its twin, constructor arguments, input shape): tiny outputs (30..288 elements, C
 # not a multiple of 4) so the Triton interpreter stays quick.
 CASES = {
-    "conv1d": (nn.Conv1d, AdaptiveNoiseConv1d, dict(in_channels=3, out_channels=5,
+    "conv1d": (nn.Conv1d, anoise.AdaptiveNoiseConv1d, dict(in_channels=3, out_channels=5,
                                                     kernel_size=3, padding=1), (3, 3, 7)),
-    "conv2d": (nn.Conv2d, AdaptiveNoiseConv2d,
+    "conv2d": (nn.Conv2d, anoise.AdaptiveNoiseConv2d,
                dict(in_channels=3, out_channels=4, kernel_size=3, stride=2, padding=1,
                     bias=False, padding_mode="reflect"), (2, 3, 7, 5)),
-    "conv3d": (nn.Conv3d, AdaptiveNoiseConv3d,
+    "conv3d": (nn.Conv3d, anoise.AdaptiveNoiseConv3d,
                dict(in_channels=2, out_channels=3, kernel_size=(2, 3, 2), padding=(0, 1, 1)),
                (2, 2, 3, 4, 3)),
-    "convT1d": (nn.ConvTranspose1d, AdaptiveNoiseConvTranspose1d,
+    "convT1d": (nn.ConvTranspose1d, anoise.AdaptiveNoiseConvTranspose1d,
                 dict(in_channels=3, out_channels=5, kernel_size=3, stride=2, output_padding=1),
                 (2, 3, 5)),
-    "convT2d": (nn.ConvTranspose2d, AdaptiveNoiseConvTranspose2d,
+    "convT2d": (nn.ConvTranspose2d, anoise.AdaptiveNoiseConvTranspose2d,
                 dict(in_channels=4, out_channels=6, kernel_size=3, stride=2, padding=1,
                      groups=2), (2, 4, 3, 2)),
-    "convT3d": (nn.ConvTranspose3d, AdaptiveNoiseConvTranspose3d,
+    "convT3d": (nn.ConvTranspose3d, anoise.AdaptiveNoiseConvTranspose3d,
                 dict(in_channels=2, out_channels=3, kernel_size=2, stride=(1, 2, 1),
                      dilation=(1, 1, 2)), (2, 2, 2, 2, 3)),
-    "linear": (nn.Linear, AdaptiveNoiseLinear, dict(in_features=7, out_features=5), (2, 3, 7)),
+    "linear": (nn.Linear, anoise.AdaptiveNoiseLinear, dict(in_features=7, out_features=5),
+               (2, 3, 7)),
 }
 BACKENDS = usable_backends("cpu")
 EPS = 1e-5
@@ -66,7 +58,7 @@ def _teacher(case, dtype=torch.float32):
 
 
 def _channels_dim(twin):
-    return -1 if twin is AdaptiveNoiseLinear else 1
+    return -1 if twin is anoise.AdaptiveNoiseLinear else 1
 
 
 def test_twins_are_exported_and_mapped_to_their_exact_layer():
@@ -75,8 +67,8 @@ def test_twins_are_exported_and_mapped_to_their_exact_layer():
         assert TWINS[base] is twin and getattr(anoise, twin.__name__) is twin
         assert twin.__name__ == "AdaptiveNoise" + base.__name__
     # Transposed convolutions are not subclasses of the plain ones: no cross-mapping.
-    assert not issubclass(AdaptiveNoiseConvTranspose2d, nn.Conv2d)
-    assert not issubclass(AdaptiveNoiseConv2d, nn.ConvTranspose2d)
+    assert not issubclass(anoise.AdaptiveNoiseConvTranspose2d, nn.Conv2d)
+    assert not issubclass(anoise.AdaptiveNoiseConv2d, nn.ConvTranspose2d)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -252,8 +244,8 @@ def test_to_stochastic_layers_selects_types():
     assert [n for n, m in default.named_modules() if isinstance(m, anoise.AdaptiveNoise)] == [
         "c2.noise", "block.1.noise"]
     transposed = anoise.to_stochastic(zoo, layers=(nn.ConvTranspose2d,))
-    assert type(transposed["t2"]) is AdaptiveNoiseConvTranspose2d
-    assert type(transposed["block"][0]) is AdaptiveNoiseConvTranspose2d
+    assert type(transposed["t2"]) is anoise.AdaptiveNoiseConvTranspose2d
+    assert type(transposed["block"][0]) is anoise.AdaptiveNoiseConvTranspose2d
     assert type(transposed["c2"]) is nn.Conv2d and type(transposed["block"][1]) is nn.Conv2d
     with pytest.raises(ValueError, match="nn.ConvTranspose3d"):
         anoise.to_stochastic(zoo, layers=(nn.BatchNorm2d,))
