@@ -183,8 +183,17 @@ def test_bad_channels_dim():
         AdaptiveNoiseLinear(4, 6)(torch.randn(2, 3, 5))
 
 
+@pytest.fixture
+def fresh_dynamo():
+    # Dynamo remembers the float alphas it saw per code object and makes a new value symbolic,
+    # which the host-side alpha checks cannot trace: leave no such state to other tests.
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b == "cpu"])
-def test_compile_fullgraph_tokens(backend):
+def test_compile_fullgraph_tokens(backend, fresh_dynamo):
     """A token MLP traces without graph breaks and matches eager, training then eval."""
     def mlp():
         torch.manual_seed(0)

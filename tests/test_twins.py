@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from conftest import usable_backends
+from conftest import DEVICES, usable_backends
 from torch import nn
 
 import anoise
@@ -42,19 +42,19 @@ CASES = {
     "linear": (nn.Linear, anoise.AdaptiveNoiseLinear, dict(in_features=7, out_features=5),
                (2, 3, 7)),
 }
-BACKENDS = usable_backends("cpu")
+ON_DEVICES = [pytest.param(d, b, id=f"{d}-{b}") for d in DEVICES for b in usable_backends(d)]
 EPS = 1e-5
 
 
-def _teacher(case, dtype=torch.float32):
+def _teacher(case, dtype=torch.float32, device="cpu"):
     base, _, args, shape = CASES[case]
     torch.manual_seed(0)
-    teacher = base(**args, dtype=dtype)
+    teacher = base(**args, dtype=dtype, device=device)
     with torch.no_grad():
         for p in teacher.parameters():
             p.add_(0.3)  # outputs with a non-zero mean per channel
     x = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=dtype)
-    return teacher, x
+    return teacher, x.to(device)
 
 
 def _channels_dim(twin):
@@ -137,11 +137,11 @@ def test_from_module_copies_arguments_and_weights(case):
     assert type(copy.deepcopy(student)) is twin
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device, backend", ON_DEVICES)
 @pytest.mark.parametrize("case", CASES)
-def test_alpha_zero_equals_the_teacher(case, backend):
+def test_alpha_zero_equals_the_teacher(case, device, backend):
     _, twin, _, _ = CASES[case]
-    teacher, x = _teacher(case)
+    teacher, x = _teacher(case, device=device)
     student = twin.from_module(teacher, alpha=0.0, backend=backend)
     teacher.eval()
     student.eval()
@@ -153,11 +153,12 @@ def test_alpha_zero_equals_the_teacher(case, backend):
     assert torch.equal(quiet(x), teacher(x))
 
 
-def _backend_noise(shape, channels_dim, seed, backend):
+def _backend_noise(shape, channels_dim, seed, backend, device):
     """The noise ``backend`` draws for a tensor of ``shape`` on ``seed`` (float64)."""
     C = shape[channels_dim]
-    y = AF.adaptive_noise(torch.zeros(shape), 1.0, running_var=torch.ones(C), training=False,
-                          seed=seed, backend=backend, channels_dim=channels_dim)
+    y = AF.adaptive_noise(torch.zeros(shape, device=device), 1.0,
+                          running_var=torch.ones(C, device=device), training=False, seed=seed,
+                          backend=backend, channels_dim=channels_dim)
     return y.double() / math.sqrt(1 + EPS)
 
 
@@ -169,15 +170,16 @@ def _spec(z, alpha, noise, channels_dim):
     return z + alpha * sigma * noise, sigma
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device, backend", ON_DEVICES)
 @pytest.mark.parametrize("case", CASES)
-def test_training_step_and_input_gradient(case, backend):
+def test_training_step_and_input_gradient(case, device, backend, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # float32 convs on CUDA
     _, twin, _, _ = CASES[case]
     d = _channels_dim(twin)
-    teacher, x = _teacher(case)
+    teacher, x = _teacher(case, device=device)
     student = twin.from_module(teacher, alpha=0.5, learnable_alpha=True, backend=backend)
     x = x.requires_grad_()
-    w = torch.randn(teacher(x).shape, generator=torch.Generator().manual_seed(2))
+    w = torch.randn(teacher(x).shape, generator=torch.Generator().manual_seed(2)).to(device)
 
     torch.manual_seed(3)
     seed = int(draw_seed(x).item()) & (2**64 - 1)  # the seed the student's forward will draw
@@ -187,9 +189,9 @@ def test_training_step_and_input_gradient(case, backend):
 
     teacher64 = copy.deepcopy(teacher).double()
     x64 = x.detach().double().requires_grad_()
-    alpha64 = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    alpha64 = torch.tensor(0.5, dtype=torch.float64, device=device, requires_grad=True)
     z = teacher64(x64)
-    expected, _ = _spec(z, alpha64, _backend_noise(z.shape, d, seed, backend), d)
+    expected, _ = _spec(z, alpha64, _backend_noise(z.shape, d, seed, backend, device), d)
     (expected * w.double()).sum().backward()
 
     def close(actual, wanted):
