@@ -15,13 +15,27 @@ from .convert import (
     set_alpha,
     to_stochastic,
 )
-from .modules import AdaptiveNoise, AdaptiveNoiseConv2d, AdaptiveNoiseLinear
+from .modules import (
+    AdaptiveNoise,
+    AdaptiveNoiseConv1d,
+    AdaptiveNoiseConv2d,
+    AdaptiveNoiseConv3d,
+    AdaptiveNoiseConvTranspose1d,
+    AdaptiveNoiseConvTranspose2d,
+    AdaptiveNoiseConvTranspose3d,
+    AdaptiveNoiseLinear,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AdaptiveNoise",
+    "AdaptiveNoiseConv1d",
     "AdaptiveNoiseConv2d",
+    "AdaptiveNoiseConv3d",
+    "AdaptiveNoiseConvTranspose1d",
+    "AdaptiveNoiseConvTranspose2d",
+    "AdaptiveNoiseConvTranspose3d",
     "AdaptiveNoiseLinear",
     "BackendInfo",
     "backends",

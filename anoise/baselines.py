@@ -19,7 +19,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from .modules import conv2d_args, copy_parameters
+from .modules import copy_parameters, layer_args
 
 
 class PNIConv2d(nn.Conv2d):
@@ -34,7 +34,7 @@ class PNIConv2d(nn.Conv2d):
 
     @classmethod
     def from_module(cls, conv: nn.Conv2d, pni_alpha: float = 0.25) -> PNIConv2d:
-        new = cls(**conv2d_args(conv), pni_alpha=pni_alpha)
+        new = cls(**layer_args(conv), pni_alpha=pni_alpha)
         copy_parameters(new, conv)
         return new
 
@@ -58,7 +58,7 @@ class RSEConv2d(nn.Conv2d):
 
     @classmethod
     def from_module(cls, conv: nn.Conv2d, noise_std: float = 0.1) -> RSEConv2d:
-        new = cls(**conv2d_args(conv), noise_std=noise_std)
+        new = cls(**layer_args(conv), noise_std=noise_std)
         copy_parameters(new, conv)
         return new
 

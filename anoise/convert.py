@@ -9,9 +9,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from .modules import AdaptiveNoise, AdaptiveNoiseConv2d, AdaptiveNoiseLinear
-
-_TWINS = {nn.Conv2d: AdaptiveNoiseConv2d, nn.Linear: AdaptiveNoiseLinear}
+from .modules import TWINS as _TWINS
+from .modules import AdaptiveNoise
 
 
 def to_stochastic(
@@ -24,17 +23,18 @@ def to_stochastic(
 ) -> nn.Module:
     """A teacher-initialised stochastic student of ``model``.
 
-    Returns a deep copy of ``model`` in which every module that is an instance of one of
-    ``layers`` (``nn.Conv2d`` and/or ``nn.Linear``) is replaced by its ``AdaptiveNoise*`` twin
-    with the weights copied.  ``exclude`` holds qualified module names (``"fc"``,
+    Returns a deep copy of ``model`` in which every module whose type is one of ``layers``
+    (``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d``, ``nn.Linear``) is replaced by its
+    ``AdaptiveNoise*`` twin with the weights copied.  Types match exactly: a subclass, such as
+    the output projection of ``nn.MultiheadAttention`` (used through its weights, never its
+    forward), is left alone.  ``exclude`` holds qualified module names (``"fc"``,
     ``"layer1.0.conv1"``) or types to leave deterministic.  ``model`` itself is not changed.
     """
     layers = tuple(layers)
     for layer in layers:
         if layer not in _TWINS:
-            raise ValueError(
-                f"layers may contain only nn.Conv2d and nn.Linear, got {layer.__name__}"
-            )
+            names = ", ".join(f"nn.{t.__name__}" for t in _TWINS)
+            raise ValueError(f"layers may contain only {names}; got {layer.__name__}")
     exclude = tuple(exclude)
     for e in exclude:
         if not isinstance(e, (str, type)):

@@ -32,6 +32,7 @@ def adaptive_noise(
     backend: str = "auto",
     sync_stats: bool = False,
     process_group=None,
+    channels_dim: int = 1,
 ) -> Tensor:
     """Inject Gaussian noise scaled by each channel's standard deviation.
 
@@ -59,10 +60,24 @@ def adaptive_noise(
             of more than one rank.  Statistics and ``dx`` are then PyTorch ops; the noise
             comes from ``backend``.
         process_group: the ``torch.distributed`` group for ``sync_stats``.
+        channels_dim: the dim of ``x`` that holds the channels (default 1).  With another dim
+            ``d`` (e.g. -1 for ``(N, L, C)`` tokens or ``(*, features)`` linear outputs), ``x``
+            is handled as its row-major view ``(prod(shape[:d]), C, prod(shape[d+1:]))``: the
+            statistics are taken over every other dim, and the noise of each element is that of
+            its row-major index in ``x``, whatever the layout; no transpose copy is made.
 
     Returns:
         A tensor like ``x``.  With a float ``alpha == 0`` this is ``x`` itself.
     """
+    if (type(channels_dim) is not int or channels_dim != 1) and (
+        x3 := _channels_view(x, channels_dim)
+    ) is not x:
+        y3 = adaptive_noise(
+            x3, alpha, running_var=running_var, num_batches_tracked=num_batches_tracked,
+            training=training, momentum=momentum, eps=eps, stats_grad=stats_grad, seed=seed,
+            backend=backend, sync_stats=sync_stats, process_group=process_group,
+        )
+        return x if y3 is x3 else y3.reshape(x.shape)
     _check_input(x)
     C = x.shape[1]
     alpha_is_zero = _check_alpha(alpha, C)
@@ -120,6 +135,31 @@ def _adaptive_noise_sync(x, alpha, alpha_is_zero, seed, eps, stats_grad, group, 
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+def _channels_view(x: Tensor, channels_dim: int) -> Tensor:
+    """``x`` with its channels in dim ``d`` as ``(prod(shape[:d]), C, prod(shape[d+1:]))``
+    (``x`` itself when ``d`` is 1).
+
+    A reshape keeps the row-major order, so every element keeps its logical index (and so its
+    noise); it is a view, not a copy, whenever the dims on each side of ``d`` can be merged (any
+    contiguous tensor, or a slice of one along its last dim).
+    """
+    if isinstance(channels_dim, bool) or not isinstance(channels_dim, int):
+        raise TypeError(f"channels_dim must be an int, got {type(channels_dim).__name__}")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() == 0:
+        raise ValueError("x must have at least 1 dim (the channels), got a 0-dim tensor")
+    if not -x.dim() <= channels_dim < x.dim():
+        raise ValueError(
+            f"channels_dim must be in [-{x.dim()}, {x.dim()}) for x of shape {tuple(x.shape)}, "
+            f"got {channels_dim}"
+        )
+    d = channels_dim % x.dim()
+    if d == 1:
+        return x
+    return x.reshape(math.prod(x.shape[:d]), x.shape[d], math.prod(x.shape[d + 1:]))
 
 
 def _seed_tensor(seed: int | None, x: Tensor) -> Tensor:

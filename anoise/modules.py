@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
 
@@ -19,10 +21,12 @@ class AdaptiveNoise(nn.Module):
     from ``running_var`` (``eval_stats="running"``) or from the batch (``"batch"``).
 
     Args:
-        num_channels: C of an ``(N, C, *S)`` input.
+        num_channels: C of an ``(N, C, *S)`` input (or of the dim ``channels_dim``).
         alpha: degree of stochasticity, >= 0.
         learnable_alpha: make ``alpha`` an ``nn.Parameter`` (as in PNI).
         per_channel_alpha: one ``alpha`` per channel instead of one scalar.
+        channels_dim: the dim that holds the channels: 1 for ``(N, C, *S)``, -1 for
+            channels-last activations such as ``(N, L, C)`` tokens (no transpose copy).
         eval_stats, noise_in_eval, momentum, eps, stats_grad, backend, sync_stats,
             process_group: see above and :func:`anoise.functional.adaptive_noise`.
     """
@@ -42,6 +46,7 @@ class AdaptiveNoise(nn.Module):
         backend: str = "auto",
         sync_stats: bool = False,
         process_group=None,
+        channels_dim: int = 1,
         device=None,
         dtype=None,
     ):
@@ -53,7 +58,10 @@ class AdaptiveNoise(nn.Module):
         if backend != "auto" and backend not in BACKEND_NAMES:
             raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
         AF._check_alpha(alpha, num_channels)
+        if isinstance(channels_dim, bool) or not isinstance(channels_dim, int):
+            raise TypeError(f"channels_dim must be an int, got {type(channels_dim).__name__}")
         self.num_channels = num_channels
+        self.channels_dim = channels_dim
         self.eval_stats = eval_stats
         self.noise_in_eval = noise_in_eval
         self.momentum = momentum
@@ -79,10 +87,11 @@ class AdaptiveNoise(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        if isinstance(x, Tensor) and x.dim() >= 2 and x.shape[1] != self.num_channels:
+        d = self.channels_dim
+        if isinstance(x, Tensor) and -x.dim() <= d < x.dim() and x.shape[d] != self.num_channels:
             raise ValueError(
-                f"{type(self).__name__} expects {self.num_channels} channels in dim 1, got input "
-                f"of shape {tuple(x.shape)}"
+                f"{type(self).__name__} expects {self.num_channels} channels in dim {d}, got "
+                f"input of shape {tuple(x.shape)}"
             )
         if not self.training and not self.noise_in_eval:
             return x
@@ -99,6 +108,7 @@ class AdaptiveNoise(nn.Module):
             backend=self.backend,
             sync_stats=self.sync_stats,
             process_group=self.process_group,
+            channels_dim=self.channels_dim,
         )
 
     def reset_running_stats(self) -> None:
@@ -112,6 +122,7 @@ class AdaptiveNoise(nn.Module):
             f"eval_stats={self.eval_stats!r}, noise_in_eval={self.noise_in_eval}, "
             f"momentum={self.momentum}, eps={self.eps}, stats_grad={self.stats_grad}, "
             f"backend={self.backend!r}" + (", sync_stats=True" if self.sync_stats else "")
+            + (f", channels_dim={self.channels_dim}" if self.channels_dim != 1 else "")
         )
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
@@ -122,20 +133,20 @@ class AdaptiveNoise(nn.Module):
         missing_keys[:] = [k for k in missing_keys if k not in own]
 
 
-def conv2d_args(conv: nn.Conv2d) -> dict:
-    """The constructor arguments (device and dtype included) of a layer like ``conv``."""
-    return dict(in_channels=conv.in_channels, out_channels=conv.out_channels,
-                kernel_size=conv.kernel_size, stride=conv.stride, padding=conv.padding,
-                dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None,
-                padding_mode=conv.padding_mode, device=conv.weight.device,
-                dtype=conv.weight.dtype)
-
-
-def linear_args(linear: nn.Linear) -> dict:
-    """The constructor arguments (device and dtype included) of a layer like ``linear``."""
-    return dict(in_features=linear.in_features, out_features=linear.out_features,
-                bias=linear.bias is not None, device=linear.weight.device,
-                dtype=linear.weight.dtype)
+def layer_args(layer: nn.Module) -> dict:
+    """The constructor arguments (device and dtype included) of a conv or linear layer like
+    ``layer``: any ``nn.Conv*d``, ``nn.ConvTranspose*d`` or ``nn.Linear``."""
+    common = dict(bias=layer.bias is not None, device=layer.weight.device,
+                  dtype=layer.weight.dtype)
+    if isinstance(layer, nn.Linear):
+        return dict(in_features=layer.in_features, out_features=layer.out_features, **common)
+    args = dict(in_channels=layer.in_channels, out_channels=layer.out_channels,
+                kernel_size=layer.kernel_size, stride=layer.stride, padding=layer.padding,
+                dilation=layer.dilation, groups=layer.groups, padding_mode=layer.padding_mode,
+                **common)
+    if layer.transposed:
+        args["output_padding"] = layer.output_padding
+    return args
 
 
 def copy_parameters(dst: nn.Module, src: nn.Module) -> None:
@@ -150,66 +161,100 @@ def copy_parameters(dst: nn.Module, src: nn.Module) -> None:
     dst.train(src.training)
 
 
+# The keyword options a twin passes on to its AdaptiveNoise (the rest go to the nn layer).
+_NOISE_OPTIONS = tuple(
+    name for name in inspect.signature(AdaptiveNoise).parameters
+    if name not in ("num_channels", "alpha", "channels_dim", "device", "dtype")
+)
+
+
 class _NoiseAfter:
-    """Shared by the conv / linear twins: the wrapped layer's output goes through ``noise``."""
+    """The stochastic twin of an ``nn`` conv / linear layer: that layer, then ``self.noise``.
+
+    A twin is ``class Twin(_NoiseAfter, <nn layer>)``: the nn layer is the class after this one
+    in the MRO, so the twin's parameters, ``state_dict`` keys and ``isinstance`` are the
+    layer's, and the noise state lives under ``.noise``.  The constructor takes the layer's
+    arguments plus ``alpha`` and the keyword options of :class:`AdaptiveNoise`.
+    """
 
     noise: AdaptiveNoise
+    _channels_attr = "out_channels"  # the layer attribute that counts the output channels
+    _channels_dim = 1  # where the output's channels are
 
-    def _init_noise(self, channels, alpha, noise_options, device, dtype):
-        self.noise = AdaptiveNoise(channels, alpha, device=device, dtype=dtype, **noise_options)
+    def __init__(self, *args, alpha: float = 0.1, **kwargs):
+        noise_options = {k: kwargs.pop(k) for k in _NOISE_OPTIONS if k in kwargs}
+        super().__init__(*args, **kwargs)
+        self.noise = AdaptiveNoise(
+            getattr(self, self._channels_attr), alpha, channels_dim=self._channels_dim,
+            device=self.weight.device, dtype=self.weight.dtype, **noise_options,
+        )
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # help() and inspect show the layer's arguments and the noise options, not *args.
+        layer = inspect.signature(cls._layer_type().__init__).parameters.values()
+        noise = inspect.signature(AdaptiveNoise).parameters
+        extra = [inspect.Parameter("alpha", inspect.Parameter.KEYWORD_ONLY, default=0.1)]
+        extra += [noise[k].replace(kind=inspect.Parameter.KEYWORD_ONLY) for k in _NOISE_OPTIONS]
+        cls.__signature__ = inspect.Signature([*list(layer)[1:], *extra])
+
+    @classmethod
+    def _layer_type(cls) -> type:
+        return cls.__mro__[cls.__mro__.index(_NoiseAfter) + 1]
 
     @classmethod
     def from_module(cls, module, alpha: float = 0.1, **noise_options):
         """The stochastic twin of ``module`` with its weights copied (teacher-initialisation)."""
-        base = cls.__mro__[2]  # nn.Conv2d or nn.Linear
+        base = cls._layer_type()
         if not isinstance(module, base):
             raise TypeError(f"{cls.__name__}.from_module expects an instance of "
                             f"{base.__name__}, got {type(module).__name__}")
-        student = cls(**cls._constructor_args(module), alpha=alpha, **noise_options)
+        student = cls(**layer_args(module), alpha=alpha, **noise_options)
         copy_parameters(student, module)
         return student
 
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        # *args: ConvTranspose*d's optional output_size.
+        return self.noise(super().forward(x, *args, **kwargs))
+
+
+class AdaptiveNoiseConv1d(_NoiseAfter, nn.Conv1d):
+    """``nn.Conv1d`` followed by :class:`AdaptiveNoise` over its output channels."""
+
 
 class AdaptiveNoiseConv2d(_NoiseAfter, nn.Conv2d):
-    """``nn.Conv2d`` followed by :class:`AdaptiveNoise` over its output channels.
+    """``nn.Conv2d`` followed by :class:`AdaptiveNoise` over its output channels."""
 
-    Takes every ``nn.Conv2d`` argument plus ``alpha`` and the noise options of
-    :class:`AdaptiveNoise`; a ``Conv2d``'s ``state_dict`` loads into it.
-    """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
-                 groups=1, bias=True, padding_mode="zeros", device=None, dtype=None, *,
-                 alpha: float = 0.1, **noise_options):
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation,
-                         groups, bias, padding_mode, device, dtype)
-        self._init_noise(out_channels, alpha, noise_options, device, dtype)
+class AdaptiveNoiseConv3d(_NoiseAfter, nn.Conv3d):
+    """``nn.Conv3d`` followed by :class:`AdaptiveNoise` over its output channels."""
 
-    _constructor_args = staticmethod(conv2d_args)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.noise(super().forward(x))
+class AdaptiveNoiseConvTranspose1d(_NoiseAfter, nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` followed by :class:`AdaptiveNoise` over its output channels."""
+
+
+class AdaptiveNoiseConvTranspose2d(_NoiseAfter, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` followed by :class:`AdaptiveNoise` over its output channels."""
+
+
+class AdaptiveNoiseConvTranspose3d(_NoiseAfter, nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` followed by :class:`AdaptiveNoise` over its output channels."""
 
 
 class AdaptiveNoiseLinear(_NoiseAfter, nn.Linear):
     """``nn.Linear`` followed by :class:`AdaptiveNoise` over its output features.
 
-    Takes every ``nn.Linear`` argument plus ``alpha`` and the noise options of
-    :class:`AdaptiveNoise`.  Inputs of shape ``(N, in_features)``: the noise statistics are
-    taken per output feature over the batch.
+    Inputs ``(*, in_features)`` as for ``nn.Linear``, e.g. ``(N, L, C)`` tokens: the features
+    are the channels (the last dim) and the statistics are taken over all other dims.
     """
 
-    def __init__(self, in_features, out_features, bias=True, device=None, dtype=None, *,
-                 alpha: float = 0.1, **noise_options):
-        super().__init__(in_features, out_features, bias, device, dtype)
-        self._init_noise(out_features, alpha, noise_options, device, dtype)
+    _channels_attr = "out_features"
+    _channels_dim = -1
 
-    _constructor_args = staticmethod(linear_args)
 
-    def forward(self, x: Tensor) -> Tensor:
-        y = super().forward(x)
-        if y.dim() != 2:
-            raise ValueError(
-                f"AdaptiveNoiseLinear expects input of shape (N, {self.in_features}), got "
-                f"{tuple(x.shape)}"
-            )
-        return self.noise(y)
+# Each nn layer type and its twin (exact types: nn.ConvTranspose2d is no nn.Conv2d).
+TWINS = {t._layer_type(): t for t in (
+    AdaptiveNoiseConv1d, AdaptiveNoiseConv2d, AdaptiveNoiseConv3d, AdaptiveNoiseConvTranspose1d,
+    AdaptiveNoiseConvTranspose2d, AdaptiveNoiseConvTranspose3d, AdaptiveNoiseLinear,
+)}
