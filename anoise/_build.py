@@ -167,16 +167,20 @@ def compiler_problem(compiler: str, linker: list[str] | None = None) -> str | No
     return None
 
 
-_ERROR_LINE = re.compile(r"error|not found|no such file|cannot find|undefined reference|killed",
-                         re.IGNORECASE)
+# In order of preference: a compiler's diagnostic, then a missing tool or file.
+_ERROR_LINES = [re.compile(r"\berror\b:", re.IGNORECASE),
+                re.compile(r"not found|no such file|cannot find|undefined reference|killed",
+                           re.IGNORECASE)]
 
 
 def short_reason(log: str, limit: int = 200) -> str:
-    """The first line of a build log that says what went wrong (else its last line)."""
+    """The line of a build log that says what went wrong (else its last line)."""
     lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
-    # ninja echoes each command before running it: those lines name no error.
-    lines = [ln for ln in lines if not re.match(r"\[\d+/\d+\]", ln)]
-    pick = next((ln for ln in lines if _ERROR_LINE.search(ln)), lines[-1] if lines else "")
+    # torch's summary and ninja's echo of each command name no error themselves.
+    lines = [ln for ln in lines if not re.match(r"\[\d+/\d+\]|FAILED:|Error building extension",
+                                                ln)]
+    pick = next((ln for pattern in _ERROR_LINES for ln in lines if pattern.search(ln)),
+                lines[-1] if lines else "")
     return pick if len(pick) <= limit else pick[: limit - 3] + "..."
 
 
