@@ -71,8 +71,9 @@ NVCC_FLAGS = ["-O3", "-lineinfo"]
 
 # What each build is, how long it takes, and how to get it when it cannot be built.
 LABEL = {"cpu": "the fused C++ CPU backend", "cuda": "the CUDA backend"}
-# Measured: a build of csrc/cpu with g++ 12 takes about 2.5 min of CPU time, and about 1.5 min
-# of wall time on 2 idle cores (the translation unit with torch's headers dominates).
+# Measured: a build of csrc/cpu with g++ 12 and torch 2.13 takes about 105 s of CPU time, most
+# of it in the one translation unit with torch's headers, so about 1.5 min of wall time on 2
+# idle cores (much longer on a loaded machine).
 DURATION = {"cpu": "about 1.5 min on 2 idle cores", "cuda": "several minutes per GPU architecture"}
 REMEDY = {
     "cpu": "install a C++ compiler with OpenMP (e.g. g++); the next pip install of anoise, or "
