@@ -47,7 +47,9 @@ class _Backend:
             return self._module
         try:
             self._module = importlib.import_module(self.module_name)
-        except Exception as exc:  # a missing compiler, triton or build raises many kinds
+        except ImportError as exc:  # anoise._build's reasons are short and say it all
+            self._error = str(exc)
+        except Exception as exc:  # triton, a driver or a broken build raise many kinds
             self._error = f"{type(exc).__name__}: {exc}"
         return self._module
 
@@ -61,7 +63,7 @@ class _Backend:
         if self.name == "triton" and device_type == "cpu" and not interpreted:
             return "the triton backend runs on CPU tensors only under TRITON_INTERPRET=1"
         if self.module_name is not None and self.load() is None:
-            return f"backend {self.name!r} failed to load ({self._error})"
+            return f"backend {self.name!r} is not available: {self._error}"
         return None
 
 

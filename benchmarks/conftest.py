@@ -19,10 +19,9 @@ from . import common  # noqa: E402
 
 _PROBE = """
 import torch
-from benchmarks.common import compiled_reference
+from benchmarks.common import compiled_idiom
 x = torch.randn(4, 8, 4, 4, device={device!r})
-a = torch.full((8,), 0.1, device={device!r})
-compiled_reference("forward")(x, a)
+compiled_idiom("batch")(x, 0.1, 1e-5)
 """
 
 
@@ -36,14 +35,15 @@ def pytest_addoption(parser):
     g.addoption("--bench-dtypes", default="",
                 help="comma-separated dtypes (default: float32,bfloat16; float16 too on cuda)")
     g.addoption("--bench-impls", default="",
-                help="comma-separated rows to run: eager, compiled, and backend names")
+                help="comma-separated rows to run: torch-eager and torch-compile (the PyTorch "
+                     "idiom), reference, and fused backend names (default: all)")
     g.addoption("--bench-target-s", type=float, default=None,
                 help="seconds of timing per row (default 1.0 on cpu, 0.3 on cuda)")
     g.addoption("--bench-threads", type=int, default=2,
                 help="torch.set_num_threads for cpu runs (0: leave as is)")
     g.addoption("--bench-compile-probe-s", type=float, default=None,
-                help="compiled rows run only if torch.compile of the reference finishes on a "
-                     "tiny input within this many seconds (default 30 on cpu, 240 on cuda)")
+                help="torch-compile rows run only if torch.compile of the idiom finishes on a "
+                     "tiny input within this many seconds (default 180 on cpu, 240 on cuda)")
     g.addoption("--bench-deadline-s", type=float, default=None,
                 help="rows that would start later than this many seconds into the run are "
                      "skipped (so a time-boxed run still writes its JSON)")
@@ -85,7 +85,12 @@ def pytest_generate_tests(metafunc):
     if "dtype_name" in metafunc.fixturenames:
         metafunc.parametrize("dtype_name", bench_dtypes(config))
     if "impl" in metafunc.fixturenames:
-        impls = _csv(config, "--bench-impls") or common.impl_names()
+        known = common.impl_names()
+        impls = _csv(config, "--bench-impls") or known
+        unknown = [i for i in impls if i not in known]
+        if unknown:
+            raise pytest.UsageError(f"--bench-impls: unknown {unknown}; rows are {known} "
+                                    "(the PyTorch idiom is torch-eager / torch-compile)")
         metafunc.parametrize("impl", impls)
 
 
@@ -114,14 +119,15 @@ def e2e_batch(pytestconfig, device):
 
 @pytest.fixture(scope="session")
 def compile_unusable(pytestconfig, device):
-    """Why the compiled reference is left out on this device (None when it runs).
+    """Why the torch-compile rows are left out on this device (None when they run).
 
-    torch.compile of the reference's Philox (hundreds of int64 ops) can take a very long time;
-    a probe in a child process, under a deadline, decides before any row waits on it.
+    torch.compile needs a working C++ compiler on CPU (and Triton on CUDA), and its first
+    compile takes a while; a probe in a child process, under a deadline, decides before any
+    row waits on it.
     """
     limit = pytestconfig.getoption("--bench-compile-probe-s")
     if limit is None:
-        limit = 30.0 if device.type == "cpu" else 240.0
+        limit = 180.0 if device.type == "cpu" else 240.0
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
     if device.type == "cpu":
@@ -131,12 +137,12 @@ def compile_unusable(pytestconfig, device):
         proc = subprocess.run([sys.executable, "-c", _PROBE.format(device=device.type)],
                               env=env, cwd=root, capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:
-        return (f"torch.compile of the reference did not finish compiling a 4x8x4x4 "
+        return (f"torch.compile of the PyTorch idiom did not finish compiling a 4x8x4x4 "
                 f"float32 forward within {limit:.0f} s on {device.type} (every shape, dtype and "
                 "mode is a recompile, so these rows are impractical here)")
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no message"]
-        return f"torch.compile of the reference failed on {device.type}: {tail[0]}"
+        return f"torch.compile of the PyTorch idiom failed on {device.type}: {tail[0]}"
     pytestconfig._anoise_compile_probe_s = time.perf_counter() - t0
     return None
 

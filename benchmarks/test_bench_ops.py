@@ -1,8 +1,10 @@
-"""Forward, forward+backward and eval (running statistics) of every usable backend.
+"""Forward, forward+backward, eval (running statistics) and eval forward+backward of every
+usable backend.
 
-Each row sits in the benchmark group of its shape and dtype, next to the eager reference and
-torch.compile of the reference.  ``extra_info`` carries the effective GB/s (bytes defined in
-``common``), elements per second and the memory of the call.
+Each row sits in the benchmark group of its shape and dtype, next to the PyTorch idiom a user
+would write instead (eager and under torch.compile) and anoise's reference.  ``extra_info``
+carries the effective GB/s (bytes defined in ``common``), elements per second and the memory
+of the call.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from . import common
 def test_op(benchmark, request, device, target_s, shape, dtype_name, mode, impl):
     benchmark.group = f"op {common.shape_label(shape)} {dtype_name}"
     reason = common.unusable_reason(impl, device)
-    if reason is None and impl == "compiled":
+    if reason is None and impl == "torch-compile":
         reason = request.getfixturevalue("compile_unusable")
     if reason is not None:
         pytest.skip(reason)

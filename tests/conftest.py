@@ -27,6 +27,18 @@ TOLERANCES = {
     torch.bfloat16: (2e-2, 2e-2),
 }
 
+def compiler_missing() -> str | None:
+    """Why C++ cannot be compiled here (None when it can).  The fused C++ backends and
+    torch.compile's CPU code need a compiler: on a machine without one their tests skip with
+    this reason (where there is one, a failed build fails them)."""
+    from anoise._build import compiler_problem
+
+    return compiler_problem(os.environ.get("CXX", "c++"))
+
+
+NO_COMPILER = compiler_missing()
+
+
 def usable_backends(device: str) -> list[str]:
     """The backends that run on ``device`` tensors here (reference included)."""
     from anoise.backends import BACKEND_NAMES, resolve

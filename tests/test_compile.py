@@ -2,12 +2,15 @@
 
 import pytest
 import torch
-from conftest import DEVICES, usable_backends
+from conftest import DEVICES, NO_COMPILER, usable_backends
 from torch import nn
 
 from anoise import AdaptiveNoiseConv2d
 
-CASES = [(d, b) for d in DEVICES for b in usable_backends(d) if b != "reference"]
+# Inductor compiles CPU code with a C++ compiler.
+CASES = [pytest.param(d, b, marks=pytest.mark.skipif(
+             d == "cpu" and NO_COMPILER is not None, reason=f"no compiler: {NO_COMPILER}"))
+         for d in DEVICES for b in usable_backends(d) if b != "reference"]
 
 
 def _cnn(backend):

@@ -13,12 +13,13 @@ import struct
 
 import pytest
 import torch
-from conftest import DEVICES, TOLERANCES, assert_close_to_reference
+from conftest import DEVICES, NO_COMPILER, TOLERANCES, assert_close_to_reference
 
 import anoise
 import anoise.functional as AF
 from anoise import reference as ref
 
+pytestmark = pytest.mark.skipif(NO_COMPILER is not None, reason=f"no compiler: {NO_COMPILER}")
 BACKEND = {"cpu": "cpu", "cuda": "cuda"}
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 SEED = 1234567

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import NO_COMPILER
 
 import anoise.functional as AF
 from anoise.philox import philox_normal
@@ -10,6 +11,7 @@ NUMEL = 2**32 + 3 * 2**20  # past 2**32, so the counter's high word is exercised
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(NO_COMPILER is not None, reason=f"no compiler: {NO_COMPILER}")
 def test_noise_past_2_pow_31_and_2_pow_32_on_the_cpu_backend():
     C, S = 3, 2**20
     N = NUMEL // (C * S)
