@@ -1,10 +1,15 @@
 """The fused C++ backends ("cpu" on CPU tensors, "cuda" on CUDA tensors) against the reference.
 
 Each test runs on every device of DEVICES with that device's C++ backend.  The noise is float32
-by definition (SPEC 3) and the C++ kernels compute log/cos with their own polynomials, so a
-backend's eps differs from the reference's by ~1e-7: comparisons with the reference itself use
+by definition (SPEC 3) and the C++ kernels compute log/sin/cos with their own approximations, so
+a backend's eps differs from the reference's by ~1e-7: comparisons with the reference itself use
 at least float32 tolerances, and float64 results are also checked at 1e-10 against the SPEC
 formulas evaluated in float64 on the backend's own eps (from the draw_at test hook).
+
+Test hooks shared by both extensions:
+    draw_at(groups, seed) -> (words int64 (G, 4), rand4 float32 (G, 4), randn4 float32 (G, 4))
+    randn_range(start, count, step, seed) -> eps at element indices start + j * step
+    randn(numel, seed) -> eps at element indices 0 .. numel - 1
 """
 
 import importlib
@@ -86,10 +91,17 @@ CASES = [
 ]
 
 
-def own_noise(x, seed):
+def stream_at(device, indices, seed):
+    """The backend's eps at element indices (int64): randn4x(seed, i >> 2)[i & 3] via draw_at."""
+    flat = indices.flatten().to(device)
+    randn4 = ext(device).draw_at(flat >> 2, seed_t(seed, device))[2]
+    return randn4.gather(1, (flat & 3).unsqueeze(1)).view(indices.shape)
+
+
+def own_noise(x, seed, base=0):
     """The backend's eps for every element of x (logical row-major index), as float64."""
-    offsets = torch.arange(x.numel(), dtype=torch.int64, device=x.device)
-    return ext(x.device.type).draw_at(offsets, seed_t(seed, x.device))[2].double().view(x.shape)
+    idx = base + torch.arange(x.numel(), dtype=torch.int64)
+    return stream_at(x.device.type, idx, seed).double().view(x.shape)
 
 
 def formula(x, alpha, noise, eps):
@@ -117,35 +129,74 @@ def test_backend_is_available_and_auto_picks_it(device):
 # ---- the noise stream -----------------------------------------------------------------------
 
 
+def _bits(values):
+    return [struct.unpack("<I", struct.pack("<f", v))[0] for v in values]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_stream_matches_triton_vectors(device, philox_vectors):
+def test_stream_matches_triton_vectors(device, philox4_vectors):
+    """randint4x / rand4x bit for bit, randn4x within 1e-5, for every instruction-set build."""
+    for isa in isas(device):
+        with use_isa(device, isa):
+            for case in philox4_vectors:
+                groups = torch.tensor(case["groups"], dtype=torch.int64, device=device)
+                words, rand4, randn4 = ext(device).draw_at(groups, seed_t(case["seed"], device))
+                assert words.shape == rand4.shape == randn4.shape == (len(groups), 4)
+                assert words.dtype == torch.int64 and randn4.dtype == torch.float32
+                assert words.cpu().tolist() == case["words"], (isa, case["seed"])
+                want = [int(h, 16) for row in case["rand4_f32_hex"] for h in row]
+                assert _bits(rand4.flatten().tolist()) == want, (isa, case["seed"])
+                expected = torch.tensor(case["randn4"], dtype=torch.float32)
+                torch.testing.assert_close(randn4.cpu(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_component_0_is_the_earlier_stream(device, philox_vectors):
+    """Component 0 of group j is tl.randn(seed, j): the earlier stream's vectors still hold."""
     for isa in isas(device):
         with use_isa(device, isa):
             for case in philox_vectors:
-                offsets = torch.tensor(case["offsets"], dtype=torch.int64, device=device)
-                words, rand, randn = ext(device).draw_at(offsets, seed_t(case["seed"], device))
-                assert words.cpu().tolist() == case["words"], (isa, case["seed"])
-                rand_bits = [struct.unpack("<I", struct.pack("<f", v))[0] for v in rand.tolist()]
-                assert rand_bits == [int(h, 16) for h in case["rand_f32_hex"]], isa
+                groups = torch.tensor(case["offsets"], dtype=torch.int64, device=device)
+                words, rand4, randn4 = ext(device).draw_at(groups, seed_t(case["seed"], device))
+                assert words.cpu().tolist() == case["words"], isa
+                want = [int(h, 16) for h in case["rand_f32_hex"]]
+                assert _bits(rand4[:, 0].tolist()) == want, isa
                 expected = torch.tensor(case["randn"], dtype=torch.float32)
-                torch.testing.assert_close(randn.cpu(), expected, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(randn4[:, 0].cpu(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_draw_at_rejects_bad_groups():
+    m = ext("cpu")
+    s = seed_t(1, "cpu")
+    with pytest.raises(TypeError, match="groups must be int64"):
+        m.draw_at(torch.zeros(3, dtype=torch.int32), s)
+    with pytest.raises(ValueError, match="groups must be >= 0"):
+        m.draw_at(torch.tensor([0, -1]), s)
+    with pytest.raises(ValueError, match="groups must be 1-D"):
+        m.draw_at(torch.zeros(2, 2, dtype=torch.int64), s)
+    words, rand4, randn4 = m.draw_at(torch.zeros(0, dtype=torch.int64), s)
+    assert words.shape == rand4.shape == randn4.shape == (0, 4)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "start, step",
-    [(0, 1), (2**32 - 37, 1), (2**32 - 37, 3), (2**31 - 5, 7), (2**40 + 11, 2**30), (5, 2**33)],
+    [
+        (0, 1), (1, 1), (2, 1), (3, 1),  # groups straddling the start
+        (2**34 - 37, 1),  # group counters carry past 2**32
+        (2**32 - 37, 3), (2**31 - 5, 7), (2**34 - 6, 2), (2**40 + 11, 2**30), (5, 2**33),
+        (2**63 - 1000, 1), (2**63 - 3000, 13),  # up to just under 2**63
+    ],
 )
 def test_kernel_noise_path_equals_stream(device, start, step):
-    """The vectorised path the kernels use (lane carries past 2**32 included) equals draw_at."""
-    count = 203  # not a multiple of any vector width
-    seed = seed_t(2**63 + 12345, device)
-    offsets = start + step * torch.arange(count, dtype=torch.int64, device=device)
-    for isa in isas(device):
-        with use_isa(device, isa):
-            fast = ext(device).randn_range(start, count, step, seed)
-            expected = ext(device).draw_at(offsets, seed)[2]
-            assert torch.equal(fast, expected), isa
+    """The vectorised path (straddling groups, lane carries past 2**32) equals draw_at."""
+    seed = 2**63 + 12345
+    for count in (0, 1, 2, 3, 5, 203):  # 203: not a multiple of any vector width
+        idx = start + step * torch.arange(count, dtype=torch.int64)
+        for isa in isas(device):
+            with use_isa(device, isa):
+                fast = ext(device).randn_range(start, count, step, seed_t(seed, device))
+                assert torch.equal(fast, stream_at(device, idx, seed)), (isa, count)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -531,7 +582,7 @@ def test_index_base_crosses_high_word(device, layout, base):
     ones = torch.ones(5, device=device)
     for isa in isas(device):
         with use_isa(device, isa):
-            own = ext(device).draw_at(offsets.to(device), seed_t(seed, device))[2].view(shape)
+            own = stream_at(device, offsets, seed).view(shape)
             got = ext(device).forward_scaled(z3, ones, seed_t(seed, device), index_base=base)
             assert torch.equal(got, own), isa
             torch.testing.assert_close(got.cpu(), expected, atol=1e-5, rtol=1e-5)
