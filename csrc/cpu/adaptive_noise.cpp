@@ -21,6 +21,13 @@ namespace {
 // amortise a task's setup.  A constant, so results never depend on the thread count.
 constexpr int64_t kChunk = 16384;
 constexpr int64_t kRandnChunk = 1 << 16;
+// Largest channel (bytes of x) that the two-pass ops walk channel by channel (see two_passes).
+constexpr int64_t kChannelBytes = 4 << 20;
+
+// Outputs of at least this many bytes are written with streaming stores: most of them would be
+// evicted from the last-level cache before anything reads them, and skipping the read for
+// ownership saves a quarter to a third of the traffic of a pass.
+constexpr int64_t kStreamBytes = 16 << 20;
 
 // ---- instruction-set selection ----------------------------------------------------------------
 
@@ -141,6 +148,7 @@ Geometry geometry_of(const at::Tensor& t) {
   g.chunk = g.rows ? std::max<int64_t>(4, (kChunk / g.C) & ~int64_t{3}) : kChunk;
   const int64_t M = g.N * g.S;
   g.nchunks = (M + g.chunk - 1) / g.chunk;
+  g.stream = t.numel() * t.element_size() >= kStreamBytes;
   return g;
 }
 
@@ -167,6 +175,26 @@ void for_channels(int64_t C, F&& f) {
   at::parallel_for(0, C, 64, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c) f(c);
   });
+}
+
+// The ops whose second pass needs per-channel results of the first: pass1(t) for every task,
+// finish(c) for every channel, then pass2(t) for every task.  Planes with enough channels go
+// channel by channel instead (pass 1 over the channel's chunks, finish, pass 2), so that pass 2
+// reads the channel from cache rather than from memory; the tasks and the merges are the same
+// either way, and so are the results.
+template <class P1, class Fin, class P2>
+void two_passes(const Geometry& g, int64_t itemsize, P1&& pass1, Fin&& finish, P2&& pass2) {
+  if (!g.rows && g.C >= 4 * at::get_num_threads() && g.N * g.S * itemsize <= kChannelBytes) {
+    run_tasks(g.C, [&](int64_t c) {
+      for (int64_t k = 0; k < g.nchunks; ++k) pass1(c * g.nchunks + k);
+      finish(c);
+      for (int64_t k = 0; k < g.nchunks; ++k) pass2(c * g.nchunks + k);
+    });
+    return;
+  }
+  for_tasks(g, pass1);
+  for_channels(g.C, finish);
+  for_tasks(g, pass2);
 }
 
 template <class A>
@@ -224,12 +252,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_batch(const at::Tensor& x
     return {y, mean, var};
   }
   at::Tensor pmean = partials(g, st, x3), pm2 = partials(g, st, x3);
+  at::Tensor scale = at::empty({g.C}, x3.options().dtype(st));
   const Kernels& k = kern();
   const View xv = view_of(x3), yv = view_of(y);
-  for_tasks(g, [&](int64_t t) { k.stats(g, dt, xv, t, pmean.data_ptr(), pm2.data_ptr()); });
-  at::Tensor scale = at::empty({g.C}, x3.options().dtype(st));
-  AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_merge", [&] {
-    for_channels(g.C, [&](int64_t c) {
+  AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_forward", [&] {
+    const auto finish = [&](int64_t c) {
       double m, v;
       merge_stats<scalar_t>(g, pmean, pm2, c, m, v);
       const scalar_t var_c = static_cast<scalar_t>(v);
@@ -238,9 +265,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_batch(const at::Tensor& x
       mean.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(m);
       var.data_ptr<scalar_t>()[c] = var_c;
       scale.data_ptr<scalar_t>()[c] = alpha.data_ptr<scalar_t>()[c] * sigma;
-    });
+    };
+    two_passes(
+        g, x3.element_size(),
+        [&](int64_t t) { k.stats(g, dt, xv, t, pmean.data_ptr(), pm2.data_ptr()); }, finish,
+        [&](int64_t t) { k.apply(g, dt, xv, yv, scale.data_ptr(), s, base, t); });
   });
-  for_tasks(g, [&](int64_t t) { k.apply(g, dt, xv, yv, scale.data_ptr(), s, base, t); });
   return {y, mean, var};
 }
 
@@ -298,22 +328,27 @@ std::tuple<at::Tensor, at::Tensor> backward_batch(const at::Tensor& dy3, const a
   check_channels(mean, "mean", g.C, st);
   check_channels(sigma, "sigma", g.C, st);
   const uint64_t s = seed_of(seed), base = base_of(index_base);
-  at::Tensor gsum = noise_dot_impl(dy3, g, s, base);
+  at::Tensor gsum = at::zeros({g.C}, x3.options().dtype(st));
   at::Tensor dx = at::empty_like(x3);
   if (g.N * g.S == 0) return {dx, gsum};
+  at::Tensor part = partials(g, at::kDouble, dy3);
   at::Tensor coef = at::empty({g.C}, x3.options().dtype(st));
   const double M = static_cast<double>(g.N * g.S);
-  AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_coef", [&] {
-    for (int64_t c = 0; c < g.C; ++c) {
-      const double a = alpha.data_ptr<scalar_t>()[c], gc = gsum.data_ptr<scalar_t>()[c];
-      const double sg = sigma.data_ptr<scalar_t>()[c];
-      coef.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(a * gc / (M * sg));
-    }
-  });
   const Kernels& k = kern();
   const DType dt = dtype_of(x3, "x");
   const View dv = view_of(dy3), xv = view_of(x3), ov = view_of(dx);
-  for_tasks(g, [&](int64_t t) { k.dx(g, dt, dv, xv, ov, coef.data_ptr(), mean.data_ptr(), t); });
+  AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_backward", [&] {
+    const auto finish = [&](int64_t c) {
+      const double gc = merge_sum<double>(g, part, c);
+      const double a = alpha.data_ptr<scalar_t>()[c], sg = sigma.data_ptr<scalar_t>()[c];
+      gsum.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(gc);
+      coef.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(a * gc / (M * sg));
+    };
+    two_passes(
+        g, x3.element_size(),
+        [&](int64_t t) { k.noise_dot(g, dt, dv, s, base, t, part.data_ptr<double>()); }, finish,
+        [&](int64_t t) { k.dx(g, dt, dv, xv, ov, coef.data_ptr(), mean.data_ptr(), t); });
+  });
   return {dx, gsum};
 }
 

@@ -26,11 +26,14 @@ struct View {
 //   rows (rows == true, channels innermost in memory, e.g. channels_last or (N, C)): task t is
 //     chunk t of `chunk` positions (n, s), each a run over all C channels.
 // Partial results of channel c in chunk k live at slot(c, k).
+// stream: write the outputs with streaming stores (large outputs: no read for ownership, and
+// what the pass reads again stays cached).
 struct Geometry {
   int64_t N, C, S;
   bool rows;
   int64_t chunk;
   int64_t nchunks;
+  bool stream;
 };
 
 // Free functions with internal linkage (not members): every kernel translation unit gets its

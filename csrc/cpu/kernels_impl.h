@@ -233,6 +233,24 @@ inline void run_dot_lanes(const T* dy, int64_t ds, int64_t len, const float* __r
   for (int64_t l = 0; l < len; ++l) acc[l] += (double)to_float(dy[l * ds]) * (double)e[l];
 }
 
+// Float runs with unit strides and streaming stores: out[l] = op(l) in explicit vectors, where
+// op(a, b, c) combines vectors of a[l..], b[l..], c[l..].  Partial vectors at either end of the
+// run go through staging vectors, so every element takes the same arithmetic.
+template <class Op>
+inline void stream_run(float* out, int64_t len, const float* a, const float* b, const float* c,
+                       Op&& op) {
+  const auto part = [&](int64_t l, int64_t m) {
+    float ta[kLanes] = {}, tb[kLanes] = {}, tc[kLanes] = {}, to[kLanes];
+    for (int64_t i = 0; i < m; ++i) ta[i] = a[l + i], tb[i] = b[l + i], tc[i] = c[l + i];
+    storef(to, op(loadf(ta), loadf(tb), loadf(tc)));
+    for (int64_t i = 0; i < m; ++i) out[l + i] = to[i];
+  };
+  int64_t l = imin(len, (int64_t)((-(uint64_t)out & (kVecBytes - 1)) / sizeof(float)));
+  if (l > 0) part(0, l);
+  for (; l + kLanes <= len; l += kLanes) stream_store(out + l, op(loadf(a + l), loadf(b + l), loadf(c + l)));
+  if (l < len) part(l, len - l);
+}
+
 template <class T, bool CONTIG, bool LANES>
 inline void run_dx(const T* dy, int64_t ds, const T* x, int64_t xs, T* dx, int64_t os,
                    int64_t len, const typename AccOf<T>::type* __restrict coef,
@@ -248,6 +266,13 @@ inline void run_dx(const T* dy, int64_t ds, const T* x, int64_t xs, T* dx, int64
 }
 
 // ---- tasks ---------------------------------------------------------------------------------
+
+// Outputs are written with streaming stores when Geometry::stream on float runs with unit
+// strides (the large tensors of the hot path).
+template <class T>
+constexpr bool kIsFloat = false;
+template <>
+constexpr bool kIsFloat<float> = true;
 
 template <class T, bool CONTIG>
 void stats_task(const Geometry& g, View xv, int64_t task, void* pmean_, void* pm2_) {
@@ -298,11 +323,20 @@ void apply_task(const Geometry& g, View xv, View yv, const void* scale_, uint64_
   w.each(task, key, zero, [&](const Seg& q, const float* e) {
     const T* xp = x + w.offset(xv, q);
     T* yp = y + w.offset(yv, q);
-    if (e == nullptr)
+    if (e == nullptr) {
       run_copy<T, CONTIG>(xp, xs, yp, ys, q.len);
-    else
-      run_apply<T, CONTIG, false>(xp, xs, yp, ys, q.len, e, scale + q.c);
+      return;
+    }
+    if constexpr (CONTIG && kIsFloat<T>) {
+      if (g.stream) {
+        const vf sc = bc(scale[q.c]);
+        stream_run(yp, q.len, xp, e, e, [&](vf xa, vf ea, vf) { return madd(sc, ea, xa); });
+        return;
+      }
+    }
+    run_apply<T, CONTIG, false>(xp, xs, yp, ys, q.len, e, scale + q.c);
   });
+  if (g.stream) stream_fence();
 }
 
 template <class T, bool CONTIG>
@@ -348,11 +382,20 @@ void dx_task(const Geometry& g, View dv, View xv, View ov, const void* coef_, co
     const T* dp = dy + w.offset(dv, q);
     const T* xp = x + w.offset(xv, q);
     T* op = dx + w.offset(ov, q);
-    if (g.rows)
+    if (g.rows) {
       run_dx<T, CONTIG, true>(dp, ds, xp, xs, op, os, q.len, coef, mean);
-    else
-      run_dx<T, CONTIG, false>(dp, ds, xp, xs, op, os, q.len, coef + q.c, mean + q.c);
+      return;
+    }
+    if constexpr (CONTIG && kIsFloat<T>) {
+      if (g.stream) {
+        const vf k = bc(coef[q.c]), m = bc(mean[q.c]);
+        stream_run(op, q.len, dp, xp, xp, [&](vf d, vf xa, vf) { return madd(k, xa - m, d); });
+        return;
+      }
+    }
+    run_dx<T, CONTIG, false>(dp, ds, xp, xs, op, os, q.len, coef + q.c, mean + q.c);
   });
+  if (g.stream) stream_fence();
 }
 
 // ---- dtype and stride dispatch ----------------------------------------------------------------

@@ -8,7 +8,7 @@
 // a = [u0, u2] and b = [u1, u3] of each group, and one log, sqrt, sin and cos serve both normals
 // of a pair.  Zipping the cos and sin results gives the groups' normals in element order.
 //
-// log, sin and cos are polynomial approximations (Cephes' logf, sinf, cosf); words and
+// log, sin and cos are polynomial approximations (a minimax fit, Cephes' sinf, cosf); words and
 // uniforms are exact, normals are within about 1e-6 of the stream evaluated in float64
 // (benchmarks/cpu_noise_error.py measures it).  No standard headers are included: these
 // inline functions are compiled once per instruction set (see kernels_impl.h).
@@ -69,7 +69,7 @@ ANOISE_VINLINE void philox4(vq g, const Key& key, vq w[4]) {
 }
 
 // The low halves of the lanes of lo and hi, as 32-bit lanes lo0 hi0 lo1 hi1 ...
-ANOISE_VINLINE vu pack_pair(vq lo, vq hi) { return (vu)((lo & 0xFFFFFFFFull) | (hi << 32)); }
+ANOISE_VINLINE vu pack_pair(vq lo, vq hi) { return blend_odd((vu)lo, (vu)(hi << 32)); }
 
 // Triton's uint_to_uniform_float.
 ANOISE_VINLINE vf uniform(vu w) {
@@ -78,30 +78,22 @@ ANOISE_VINLINE vf uniform(vu w) {
   return to_vf(v) * kUniformScale;
 }
 
-// Natural log for x in [1e-7, 1) (normal, positive): Cephes logf.
-ANOISE_VINLINE vf log_approx(vf x) {
-  const vu b = (vu)x;
-  const vu bm = (b & 0x007FFFFFu) | 0x3F000000u;  // x = m * 2^e, m in [0.5, 1)
-  // m < sqrt(1/2): use 2m - 1 and e - 1, keeping the argument in [-0.29, 0.41].
-  const vi below = (vi)(bm < 0x3F3504F3u);  // -1 or 0
-  const vi e = (vi)(b >> 23) - 126 + below;
-  const vf m0 = (vf)bm;
-  const vf m = (m0 - 1.0f) + (vf)(bm & (vu)below);
-  const vf z = m * m;
-  vf p = bc(7.0376836292e-2f);
-  p = madd(p, m, bc(-1.1514610310e-1f));
-  p = madd(p, m, bc(1.1676998740e-1f));
-  p = madd(p, m, bc(-1.2420140846e-1f));
-  p = madd(p, m, bc(1.4249322787e-1f));
-  p = madd(p, m, bc(-1.6668057665e-1f));
-  p = madd(p, m, bc(2.0000714765e-1f));
-  p = madd(p, m, bc(-2.4999993993e-1f));
-  p = madd(p, m, bc(3.3333331174e-1f));
-  const vf fe = to_vf(e);
-  vf y = p * m * z;
-  y = madd(fe, bc(-2.12194440e-4f), y);  // ln 2 split in two so that fe * ln2 is exact
-  y = madd(z, bc(-0.5f), y);
-  return madd(fe, bc(0.693359375f), m + y);
+// -2 ln(x) for x in [1e-7, 1) (normal, positive): x = m * 2^e with m in [sqrt(1/2), sqrt(2))
+// split on the bits, then -2 ln(m) = f * P(f) with f = m - 1 (exact) and P a degree-7 minimax
+// fit in relative error (2.6e-7 in float32), so small radii keep their relative accuracy.
+ANOISE_VINLINE vf minus_2_log(vf x) {
+  const vi i = (vi)x - 0x3F3504F3;  // bits relative to those of sqrt(1/2)
+  const vi e = i >> 23;
+  const vf f = (vf)((i & 0x007FFFFF) + 0x3F3504F3) - 1.0f;
+  vf p = bc(2.021369487e-1f);
+  p = madd(p, f, bc(-3.244514167e-1f));
+  p = madd(p, f, bc(3.450168073e-1f));
+  p = madd(p, f, bc(-3.980033398e-1f));
+  p = madd(p, f, bc(4.993981719e-1f));
+  p = madd(p, f, bc(-6.667011976e-1f));
+  p = madd(p, f, bc(1.000007272f));
+  p = madd(p, f, bc(-1.999999881f));
+  return madd(to_vf(e), bc(-1.3862943611f), p * f);  // -2 ln 2 = -1.3862943611
 }
 
 // sin and cos of t in [0, 2*pi]: quadrant reduction with a three-part pi/2 whose leading parts
@@ -121,10 +113,12 @@ ANOISE_VINLINE void sincos_approx(vf t, vf& sin_t, vf& cos_t) {
   vf pc = madd(z, bc(2.443315711809948e-5f), bc(-1.388731625493765e-3f));
   pc = madd(pc, z, bc(4.166664568298827e-2f));
   const vf c = madd(pc * z, z, madd(z, bc(-0.5f), bc(1.0f)));
-  // Quadrants 0..3: (sin, cos) = (s, c), (c, -s), (-s, -c), (-c, s).
-  const vi odd = (vi)(k << 31);
-  sin_t = (vf)((vu)select_sign(odd, c, s) ^ ((k & 2u) << 30));
-  cos_t = (vf)((vu)select_sign(odd, s, c) ^ (((k + 1u) & 2u) << 30));
+  // Quadrants 0..3: (sin, cos) = (s, c), (c, -s), (-s, -c), (-c, s): swap for odd k, sin
+  // negative for k & 2, cos negative where that differs from k & 1.
+  const vu odd = k << 31;
+  const vu sin_sign = (k << 30) & 0x80000000u;
+  sin_t = (vf)((vu)select_sign((vi)odd, c, s) ^ sin_sign);
+  cos_t = (vf)((vu)select_sign((vi)odd, s, c) ^ sin_sign ^ odd);
 }
 
 // One draw of the groups in the lanes of g: words, uniforms and normals.  Lane order of the
@@ -140,7 +134,7 @@ ANOISE_VINLINE Draw draw(vq g, const Key& key) {
   philox4(g, key, d.w);
   d.ua = uniform(pack_pair(d.w[0], d.w[2]));
   d.ub = uniform(pack_pair(d.w[1], d.w[3]));
-  const vf radius = vsqrt(log_approx(vmax(d.ua, bc(kMinU1))) * -2.0f);
+  const vf radius = vsqrt(minus_2_log(vmax(d.ua, bc(kMinU1))));
   vf s, c;
   sincos_approx(d.ub * kTwoPi, s, c);
   d.n_cos = radius * c;

@@ -49,6 +49,25 @@ ANOISE_VINLINE vf loadf(const float* p) {
   return v;
 }
 ANOISE_VINLINE void storef(float* p, vf v) { __builtin_memcpy(p, &v, sizeof v); }
+// A store that bypasses the caches (no read for ownership); p must be kVecBytes-aligned.
+ANOISE_VINLINE void stream_store(float* p, vf v) {
+#if ANOISE_SIMD == 512
+  _mm512_stream_ps(p, (__m512)v);
+#elif ANOISE_SIMD == 256
+  _mm256_stream_ps(p, (__m256)v);
+#elif defined(__SSE2__)
+  _mm_stream_ps(p, (__m128)v);
+#else
+  storef(p, v);
+#endif
+}
+// Orders a task's streaming stores before whatever reads them next.
+ANOISE_VINLINE void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 ANOISE_VINLINE vq loadq(const int64_t* p) {
   vq v;
   __builtin_memcpy(&v, p, sizeof v);
@@ -120,24 +139,29 @@ ANOISE_VINLINE vf select_sign(vi m, vf a, vf b) {
 #endif
 }
 
-// Interleave the lanes of a and b: lo = a0 b0 a1 b1 ... (first half), hi = the second half.
+// zip: interleave the lanes of a and b: lo = a0 b0 a1 b1 ... (first half), hi = the second half.
 #if ANOISE_SIMD == 512
 #define ANOISE_ZIP_LO 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
 #define ANOISE_ZIP_HI 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
 #define ANOISE_IOTA_Q 0, 1, 2, 3, 4, 5, 6, 7
+#define ANOISE_BLEND_ODD 0, 17, 2, 19, 4, 21, 6, 23, 8, 25, 10, 27, 12, 29, 14, 31
 #elif ANOISE_SIMD == 256
 #define ANOISE_ZIP_LO 0, 8, 1, 9, 2, 10, 3, 11
 #define ANOISE_ZIP_HI 4, 12, 5, 13, 6, 14, 7, 15
 #define ANOISE_IOTA_Q 0, 1, 2, 3
+#define ANOISE_BLEND_ODD 0, 9, 2, 11, 4, 13, 6, 15
 #else
 #define ANOISE_ZIP_LO 0, 4, 1, 5
 #define ANOISE_ZIP_HI 2, 6, 3, 7
 #define ANOISE_IOTA_Q 0, 1
+#define ANOISE_BLEND_ODD 0, 5, 2, 7
 #endif
 
 ANOISE_VINLINE vf zip_lo(vf a, vf b) { return __builtin_shufflevector(a, b, ANOISE_ZIP_LO); }
 ANOISE_VINLINE vf zip_hi(vf a, vf b) { return __builtin_shufflevector(a, b, ANOISE_ZIP_HI); }
 ANOISE_VINLINE vq iota_q() { return vq{ANOISE_IOTA_Q}; }
+// Even lanes of a, odd lanes of b.
+ANOISE_VINLINE vu blend_odd(vu a, vu b) { return __builtin_shufflevector(a, b, ANOISE_BLEND_ODD); }
 
 }  // namespace ANOISE_ISA
 }  // namespace anoise_cpu
