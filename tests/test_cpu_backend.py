@@ -338,14 +338,23 @@ def _everything(x, alpha, dy, backend):
     return y, xg.grad, ag.grad, rv
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+THREAD_CASES = [
+    # Many chunks per channel (N*S = 60000 > the 16384-element chunk) and many tasks; with 6
+    # channels, 1 thread walks channel by channel and 2 threads phase by phase.
+    ((6, 6, 100, 100), "contiguous"),
+    ((6, 8, 100, 100), "channels_last"),
+    ((70001, 3), "contiguous"),  # (N, C): position by position, groups straddle positions
+    ((50, 5, 7, 7), "channels_last"),  # S = 49: tiles of positions, groups straddle channels
+    ((4, 6, 500, 501), "contiguous"),  # 24 MB in float32: streaming stores, unaligned rows
+]
+
+
+@pytest.mark.parametrize("shape, layout", THREAD_CASES, ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_thread_count_does_not_change_results(layout, dtype):
-    # Many chunks per channel (N*S = 60000 > the 16384-element chunk) and many tasks.
-    shape = (6, 8, 100, 100)
+def test_thread_count_does_not_change_results(shape, layout, dtype):
     x = make_input(shape, layout, dtype, "cpu")
     dy = make_input(shape, layout, dtype, "cpu", gen_seed=5)
-    alpha = torch.linspace(0.1, 0.8, 8)
+    alpha = torch.linspace(0.1, 0.8, shape[1])
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -609,3 +618,96 @@ def test_index_base_is_checked_and_keyword_only(device):
             call(index_base=-(2**63))
     with pytest.raises(TypeError):
         m.forward_scaled(x, a, s, 5)  # positional: keyword-only as in the Triton launchers
+
+
+# ---- every launcher against the reference stream ---------------------------------------------
+
+# Groups of four noise indices straddle rows (S not a multiple of 4), channels, positions and
+# the index base.
+STREAM_CASES = [
+    ((3, 7, 13, 5), "contiguous"),
+    ((3, 7, 13, 5), "channels_last"),
+    ((5, 3), "contiguous"),  # (N, C): S == 1
+    ((5, 3), "transposed"),
+    ((7, 3, 2), "contiguous"),  # S = 2
+    ((5, 6, 3), "contiguous"),  # S = 3
+    ((3, 5, 5), "contiguous"),  # S = 5
+    ((3, 6, 7, 7), "contiguous"),  # S = 49
+    ((3, 6, 7, 7), "channels_last"),
+]
+STREAM_BASES = [0, 1, 2, 3, 2**32 - 2, 2**62 + 1]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape, layout", STREAM_CASES, ids=lambda v: str(v))
+def test_launchers_match_reference_stream(device, shape, layout):
+    x3 = make_input(shape, layout, torch.float32, device).reshape(shape[0], shape[1], -1)
+    dy3 = make_input(shape, layout, torch.float32, device, gen_seed=9).reshape(x3.shape)
+    C = shape[1]
+    alpha = torch.linspace(0.2, 0.9, C, device=device)
+    seed = 2**63 + 4321
+    s = seed_t(seed, device)
+    m = ext(device)
+    xd, dyd, ad = x3.cpu().double(), dy3.cpu().double(), alpha.cpu().double()
+    for base in STREAM_BASES:
+        eps = anoise.philox.noise_like(xd, seed, offset=base).double()
+        xr, ar = xd.clone().requires_grad_(), ad.clone().requires_grad_()
+        y_want, _, _ = formula(xr, ar, eps, 1e-5)
+        y_want.backward(dyd)
+        for isa in isas(device):
+            with use_isa(device, isa):
+                y = m.forward_scaled(x3, alpha, s, index_base=base)
+                assert_close_to_reference(y.cpu(), xd + ad.view(1, C, 1) * eps, torch.float32)
+                g = m.noise_dot(dy3, s, index_base=base)
+                assert_close_to_reference(g.cpu(), (dyd * eps).sum((0, 2)), torch.float32)
+                y, mean, var = m.forward_batch(x3, alpha, s, 1e-5, index_base=base)
+                assert_close_to_reference(y.cpu(), y_want.detach(), torch.float32)
+                sigma = torch.sqrt(var + 1e-5)
+                dx, g = m.backward_batch(dy3, x3, alpha, mean, sigma, s, index_base=base)
+                assert_close_to_reference(dx.cpu(), xr.grad, torch.float32)
+                assert_close_to_reference((sigma * g).cpu(), ar.grad, torch.float32)
+
+
+def test_large_outputs_are_streamed_correctly():
+    """Outputs of 16 MiB and more are written with streaming stores (here from rows that are not
+    vector-aligned): they must hold what the cached path writes."""
+    shape = (4, 6, 500 * 501)  # 24 MB in float32
+    x = make_input(shape, "contiguous", torch.float32, "cpu")
+    dy = make_input(shape, "contiguous", torch.float32, "cpu", gen_seed=4)
+    scale = torch.linspace(0.5, 1.5, 6)
+    scale[2] = 0
+    alpha = torch.linspace(0.1, 0.6, 6)
+    s = seed_t(SEED, "cpu")
+    m = ext("cpu")
+    for isa in isas("cpu"):
+        with use_isa("cpu", isa):
+            y = m.forward_scaled(x, scale, s)
+            # 6 MB slices at their own index base: written by the cached path.
+            parts = [m.forward_scaled(x[n : n + 1], scale, s, index_base=n * x[0].numel())
+                     for n in range(shape[0])]
+            assert torch.equal(y, torch.cat(parts)), isa
+            y, mean, var = m.forward_batch(x, alpha, s, 1e-5)
+            sigma = torch.sqrt(var + 1e-5)
+            want = x.double() + (alpha * sigma).double().view(1, -1, 1) * own_noise(x, SEED)
+            torch.testing.assert_close(y.double(), want, atol=1e-5, rtol=1e-5)
+            dx, g = m.backward_batch(dy, x, alpha, mean, sigma, s)
+            coef = (alpha * g / (shape[0] * shape[2] * sigma)).double().view(1, -1, 1)
+            want = dy.double() + coef * (x.double() - mean.double().view(1, -1, 1))
+            torch.testing.assert_close(dx.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_d_alpha_float32_with_heavy_cancellation():
+    """g = sum(dy * eps) over M = 120,000 elements whose terms cancel to almost nothing: d alpha
+    in float32 is sigma * g evaluated in float64 on the backend's own noise, to 1e-5 (a float32
+    running sum of g missed it by more)."""
+    shape, dims = (30, 2, 4000), (0, 2)
+    x = make_input(shape, "contiguous", torch.float32, "cpu")
+    eps = own_noise(x, SEED)
+    r = 4 * torch.randn(shape, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    dy = (r - (r * eps).sum(dims, keepdim=True) / (eps * eps).sum(dims, keepdim=True) * eps).float()
+    terms = dy.double() * eps
+    assert (terms.abs().sum(dims) > 1e6 * terms.sum(dims).abs()).all()  # heavy cancellation
+    alpha = torch.tensor([0.3, 0.7], requires_grad=True)
+    AF.adaptive_noise(x, alpha, seed=SEED, backend="cpu").backward(dy)
+    sigma = torch.sqrt(x.double().var(dims, unbiased=False) + 1e-5)
+    assert_close_to_reference(alpha.grad, sigma * terms.sum(dims), torch.float32)
