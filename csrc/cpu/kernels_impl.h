@@ -63,8 +63,8 @@ struct Walk {
   }
 };
 
-// Noise elements drawn per block (a stack buffer, in L1).
-constexpr int64_t kBlock = 256;
+// Noise elements drawn per block (a stack buffer, in L1): whole stages of fill_groups.
+constexpr int64_t kBlock = 4 * kStage * kQuads * 2;
 
 // The walk of the passes that draw noise.  Runs whose elements have consecutive noise indices,
 // so that each Philox call serves four of them (only a run's first and last group can be
