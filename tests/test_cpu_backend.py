@@ -1,10 +1,15 @@
 """The fused C++ backends ("cpu" on CPU tensors, "cuda" on CUDA tensors) against the reference.
 
 Each test runs on every device of DEVICES with that device's C++ backend.  The noise is float32
-by definition (SPEC 3) and the C++ kernels compute log/cos with their own polynomials, so a
-backend's eps differs from the reference's by ~1e-7: comparisons with the reference itself use
+by definition (SPEC 3) and the C++ kernels compute log/sin/cos with their own approximations, so
+a backend's eps differs from the reference's by ~1e-7: comparisons with the reference itself use
 at least float32 tolerances, and float64 results are also checked at 1e-10 against the SPEC
 formulas evaluated in float64 on the backend's own eps (from the draw_at test hook).
+
+Test hooks shared by both extensions:
+    draw_at(groups, seed) -> (words int64 (G, 4), rand4 float32 (G, 4), randn4 float32 (G, 4))
+    randn_range(start, count, step, seed) -> eps at element indices start + j * step
+    randn(numel, seed) -> eps at element indices 0 .. numel - 1
 """
 
 import importlib
@@ -87,10 +92,17 @@ CASES = [
 ]
 
 
-def own_noise(x, seed):
+def stream_at(device, indices, seed):
+    """The backend's eps at element indices (int64): randn4x(seed, i >> 2)[i & 3] via draw_at."""
+    flat = indices.flatten().to(device)
+    randn4 = ext(device).draw_at(flat >> 2, seed_t(seed, device))[2]
+    return randn4.gather(1, (flat & 3).unsqueeze(1)).view(indices.shape)
+
+
+def own_noise(x, seed, base=0):
     """The backend's eps for every element of x (logical row-major index), as float64."""
-    offsets = torch.arange(x.numel(), dtype=torch.int64, device=x.device)
-    return ext(x.device.type).draw_at(offsets, seed_t(seed, x.device))[2].double().view(x.shape)
+    idx = base + torch.arange(x.numel(), dtype=torch.int64)
+    return stream_at(x.device.type, idx, seed).double().view(x.shape)
 
 
 def formula(x, alpha, noise, eps):
@@ -118,35 +130,74 @@ def test_backend_is_available_and_auto_picks_it(device):
 # ---- the noise stream -----------------------------------------------------------------------
 
 
+def _bits(values):
+    return [struct.unpack("<I", struct.pack("<f", v))[0] for v in values]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_stream_matches_triton_vectors(device, philox_vectors):
+def test_stream_matches_triton_vectors(device, philox4_vectors):
+    """randint4x / rand4x bit for bit, randn4x within 1e-5, for every instruction-set build."""
+    for isa in isas(device):
+        with use_isa(device, isa):
+            for case in philox4_vectors:
+                groups = torch.tensor(case["groups"], dtype=torch.int64, device=device)
+                words, rand4, randn4 = ext(device).draw_at(groups, seed_t(case["seed"], device))
+                assert words.shape == rand4.shape == randn4.shape == (len(groups), 4)
+                assert words.dtype == torch.int64 and randn4.dtype == torch.float32
+                assert words.cpu().tolist() == case["words"], (isa, case["seed"])
+                want = [int(h, 16) for row in case["rand4_f32_hex"] for h in row]
+                assert _bits(rand4.flatten().tolist()) == want, (isa, case["seed"])
+                expected = torch.tensor(case["randn4"], dtype=torch.float32)
+                torch.testing.assert_close(randn4.cpu(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_component_0_is_the_earlier_stream(device, philox_vectors):
+    """Component 0 of group j is tl.randn(seed, j): the earlier stream's vectors still hold."""
     for isa in isas(device):
         with use_isa(device, isa):
             for case in philox_vectors:
-                offsets = torch.tensor(case["offsets"], dtype=torch.int64, device=device)
-                words, rand, randn = ext(device).draw_at(offsets, seed_t(case["seed"], device))
-                assert words.cpu().tolist() == case["words"], (isa, case["seed"])
-                rand_bits = [struct.unpack("<I", struct.pack("<f", v))[0] for v in rand.tolist()]
-                assert rand_bits == [int(h, 16) for h in case["rand_f32_hex"]], isa
+                groups = torch.tensor(case["offsets"], dtype=torch.int64, device=device)
+                words, rand4, randn4 = ext(device).draw_at(groups, seed_t(case["seed"], device))
+                assert words.cpu().tolist() == case["words"], isa
+                want = [int(h, 16) for h in case["rand_f32_hex"]]
+                assert _bits(rand4[:, 0].tolist()) == want, isa
                 expected = torch.tensor(case["randn"], dtype=torch.float32)
-                torch.testing.assert_close(randn.cpu(), expected, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(randn4[:, 0].cpu(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_draw_at_rejects_bad_groups():
+    m = ext("cpu")
+    s = seed_t(1, "cpu")
+    with pytest.raises(TypeError, match="groups must be int64"):
+        m.draw_at(torch.zeros(3, dtype=torch.int32), s)
+    with pytest.raises(ValueError, match="groups must be >= 0"):
+        m.draw_at(torch.tensor([0, -1]), s)
+    with pytest.raises(ValueError, match="groups must be 1-D"):
+        m.draw_at(torch.zeros(2, 2, dtype=torch.int64), s)
+    words, rand4, randn4 = m.draw_at(torch.zeros(0, dtype=torch.int64), s)
+    assert words.shape == rand4.shape == randn4.shape == (0, 4)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "start, step",
-    [(0, 1), (2**32 - 37, 1), (2**32 - 37, 3), (2**31 - 5, 7), (2**40 + 11, 2**30), (5, 2**33)],
+    [
+        (0, 1), (1, 1), (2, 1), (3, 1),  # groups straddling the start
+        (2**34 - 37, 1),  # group counters carry past 2**32
+        (2**32 - 37, 3), (2**31 - 5, 7), (2**34 - 6, 2), (2**40 + 11, 2**30), (5, 2**33),
+        (2**63 - 1000, 1), (2**63 - 3000, 13),  # up to just under 2**63
+    ],
 )
 def test_kernel_noise_path_equals_stream(device, start, step):
-    """The vectorised path the kernels use (lane carries past 2**32 included) equals draw_at."""
-    count = 203  # not a multiple of any vector width
-    seed = seed_t(2**63 + 12345, device)
-    offsets = start + step * torch.arange(count, dtype=torch.int64, device=device)
-    for isa in isas(device):
-        with use_isa(device, isa):
-            fast = ext(device).randn_range(start, count, step, seed)
-            expected = ext(device).draw_at(offsets, seed)[2]
-            assert torch.equal(fast, expected), isa
+    """The vectorised path (straddling groups, lane carries past 2**32) equals draw_at."""
+    seed = 2**63 + 12345
+    for count in (0, 1, 2, 3, 5, 203):  # 203: not a multiple of any vector width
+        idx = start + step * torch.arange(count, dtype=torch.int64)
+        for isa in isas(device):
+            with use_isa(device, isa):
+                fast = ext(device).randn_range(start, count, step, seed_t(seed, device))
+                assert torch.equal(fast, stream_at(device, idx, seed)), (isa, count)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -288,14 +339,23 @@ def _everything(x, alpha, dy, backend):
     return y, xg.grad, ag.grad, rv
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+THREAD_CASES = [
+    # Many chunks per channel (N*S = 60000 > the 16384-element chunk) and many tasks; with 6
+    # channels, 1 thread walks channel by channel and 2 threads phase by phase.
+    ((6, 6, 100, 100), "contiguous"),
+    ((6, 8, 100, 100), "channels_last"),
+    ((70001, 3), "contiguous"),  # (N, C): position by position, groups straddle positions
+    ((50, 5, 7, 7), "channels_last"),  # S = 49: tiles of positions, groups straddle channels
+    ((4, 6, 500, 501), "contiguous"),  # 24 MB in float32: streaming stores, unaligned rows
+]
+
+
+@pytest.mark.parametrize("shape, layout", THREAD_CASES, ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_thread_count_does_not_change_results(layout, dtype):
-    # Many chunks per channel (N*S = 60000 > the 16384-element chunk) and many tasks.
-    shape = (6, 8, 100, 100)
+def test_thread_count_does_not_change_results(shape, layout, dtype):
     x = make_input(shape, layout, dtype, "cpu")
     dy = make_input(shape, layout, dtype, "cpu", gen_seed=5)
-    alpha = torch.linspace(0.1, 0.8, 8)
+    alpha = torch.linspace(0.1, 0.8, shape[1])
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -532,7 +592,7 @@ def test_index_base_crosses_high_word(device, layout, base):
     ones = torch.ones(5, device=device)
     for isa in isas(device):
         with use_isa(device, isa):
-            own = ext(device).draw_at(offsets.to(device), seed_t(seed, device))[2].view(shape)
+            own = stream_at(device, offsets, seed).view(shape)
             got = ext(device).forward_scaled(z3, ones, seed_t(seed, device), index_base=base)
             assert torch.equal(got, own), isa
             torch.testing.assert_close(got.cpu(), expected, atol=1e-5, rtol=1e-5)
@@ -559,3 +619,96 @@ def test_index_base_is_checked_and_keyword_only(device):
             call(index_base=-(2**63))
     with pytest.raises(TypeError):
         m.forward_scaled(x, a, s, 5)  # positional: keyword-only as in the Triton launchers
+
+
+# ---- every launcher against the reference stream ---------------------------------------------
+
+# Groups of four noise indices straddle rows (S not a multiple of 4), channels, positions and
+# the index base.
+STREAM_CASES = [
+    ((3, 7, 13, 5), "contiguous"),
+    ((3, 7, 13, 5), "channels_last"),
+    ((5, 3), "contiguous"),  # (N, C): S == 1
+    ((5, 3), "transposed"),
+    ((7, 3, 2), "contiguous"),  # S = 2
+    ((5, 6, 3), "contiguous"),  # S = 3
+    ((3, 5, 5), "contiguous"),  # S = 5
+    ((3, 6, 7, 7), "contiguous"),  # S = 49
+    ((3, 6, 7, 7), "channels_last"),
+]
+STREAM_BASES = [0, 1, 2, 3, 2**32 - 2, 2**62 + 1]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape, layout", STREAM_CASES, ids=lambda v: str(v))
+def test_launchers_match_reference_stream(device, shape, layout):
+    x3 = make_input(shape, layout, torch.float32, device).reshape(shape[0], shape[1], -1)
+    dy3 = make_input(shape, layout, torch.float32, device, gen_seed=9).reshape(x3.shape)
+    C = shape[1]
+    alpha = torch.linspace(0.2, 0.9, C, device=device)
+    seed = 2**63 + 4321
+    s = seed_t(seed, device)
+    m = ext(device)
+    xd, dyd, ad = x3.cpu().double(), dy3.cpu().double(), alpha.cpu().double()
+    for base in STREAM_BASES:
+        eps = anoise.philox.noise_like(xd, seed, offset=base).double()
+        xr, ar = xd.clone().requires_grad_(), ad.clone().requires_grad_()
+        y_want, _, _ = formula(xr, ar, eps, 1e-5)
+        y_want.backward(dyd)
+        for isa in isas(device):
+            with use_isa(device, isa):
+                y = m.forward_scaled(x3, alpha, s, index_base=base)
+                assert_close_to_reference(y.cpu(), xd + ad.view(1, C, 1) * eps, torch.float32)
+                g = m.noise_dot(dy3, s, index_base=base)
+                assert_close_to_reference(g.cpu(), (dyd * eps).sum((0, 2)), torch.float32)
+                y, mean, var = m.forward_batch(x3, alpha, s, 1e-5, index_base=base)
+                assert_close_to_reference(y.cpu(), y_want.detach(), torch.float32)
+                sigma = torch.sqrt(var + 1e-5)
+                dx, g = m.backward_batch(dy3, x3, alpha, mean, sigma, s, index_base=base)
+                assert_close_to_reference(dx.cpu(), xr.grad, torch.float32)
+                assert_close_to_reference((sigma * g).cpu(), ar.grad, torch.float32)
+
+
+def test_large_outputs_are_streamed_correctly():
+    """Outputs of 16 MiB and more are written with streaming stores (here from rows that are not
+    vector-aligned): they must hold what the cached path writes."""
+    shape = (4, 6, 500 * 501)  # 24 MB in float32
+    x = make_input(shape, "contiguous", torch.float32, "cpu")
+    dy = make_input(shape, "contiguous", torch.float32, "cpu", gen_seed=4)
+    scale = torch.linspace(0.5, 1.5, 6)
+    scale[2] = 0
+    alpha = torch.linspace(0.1, 0.6, 6)
+    s = seed_t(SEED, "cpu")
+    m = ext("cpu")
+    for isa in isas("cpu"):
+        with use_isa("cpu", isa):
+            y = m.forward_scaled(x, scale, s)
+            # 6 MB slices at their own index base: written by the cached path.
+            parts = [m.forward_scaled(x[n : n + 1], scale, s, index_base=n * x[0].numel())
+                     for n in range(shape[0])]
+            assert torch.equal(y, torch.cat(parts)), isa
+            y, mean, var = m.forward_batch(x, alpha, s, 1e-5)
+            sigma = torch.sqrt(var + 1e-5)
+            want = x.double() + (alpha * sigma).double().view(1, -1, 1) * own_noise(x, SEED)
+            torch.testing.assert_close(y.double(), want, atol=1e-5, rtol=1e-5)
+            dx, g = m.backward_batch(dy, x, alpha, mean, sigma, s)
+            coef = (alpha * g / (shape[0] * shape[2] * sigma)).double().view(1, -1, 1)
+            want = dy.double() + coef * (x.double() - mean.double().view(1, -1, 1))
+            torch.testing.assert_close(dx.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_d_alpha_float32_with_heavy_cancellation():
+    """g = sum(dy * eps) over M = 120,000 elements whose terms cancel to almost nothing: d alpha
+    in float32 is sigma * g evaluated in float64 on the backend's own noise, to 1e-5 (a float32
+    running sum of g missed it by more)."""
+    shape, dims = (30, 2, 4000), (0, 2)
+    x = make_input(shape, "contiguous", torch.float32, "cpu")
+    eps = own_noise(x, SEED)
+    r = 4 * torch.randn(shape, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    dy = (r - (r * eps).sum(dims, keepdim=True) / (eps * eps).sum(dims, keepdim=True) * eps).float()
+    terms = dy.double() * eps
+    assert (terms.abs().sum(dims) > 1e6 * terms.sum(dims).abs()).all()  # heavy cancellation
+    alpha = torch.tensor([0.3, 0.7], requires_grad=True)
+    AF.adaptive_noise(x, alpha, seed=SEED, backend="cpu").backward(dy)
+    sigma = torch.sqrt(x.double().var(dims, unbiased=False) + 1e-5)
+    assert_close_to_reference(alpha.grad, sigma * terms.sum(dims), torch.float32)

@@ -1,4 +1,5 @@
-"""More than 2**32 elements through the fused CPU backend: 64-bit noise indices end to end."""
+"""More than 2**32 elements through the fused CPU backend: 64-bit noise indices end to end
+(element i draws component i & 3 of group i >> 2, so group counters pass 2**30 here)."""
 
 import pytest
 import torch
@@ -22,7 +23,8 @@ def test_noise_past_2_pow_31_and_2_pow_32_on_the_cpu_backend():
     y = AF.adaptive_noise(x, 1.0, running_var=running_var, training=False, seed=seed,
                           backend="cpu")
     assert y.shape == x.shape and y.is_contiguous()
-    idx = torch.tensor([0, 2**31 - 1, 2**31, 2**31 + 7, 2**32 - 1, 2**32, 2**32 + 11,
+    # Every component of the groups on either side of 2**32 (four elements a group).
+    idx = torch.tensor([0, 2**31 - 1, 2**31, 2**31 + 7, *range(2**32 - 4, 2**32 + 4), 2**32 + 11,
                         y.numel() - 1])
     channel = (idx // S) % C
     scale = torch.sqrt(running_var.double() + 1e-5)[channel]

@@ -21,6 +21,13 @@ namespace {
 // amortise a task's setup.  A constant, so results never depend on the thread count.
 constexpr int64_t kChunk = 16384;
 constexpr int64_t kRandnChunk = 1 << 16;
+// Largest channel (bytes of x) that the two-pass ops walk channel by channel (see two_passes).
+constexpr int64_t kChannelBytes = 4 << 20;
+
+// Outputs of at least this many bytes are written with streaming stores: most of them would be
+// evicted from the last-level cache before anything reads them, and skipping the read for
+// ownership saves a quarter to a third of the traffic of a pass.
+constexpr int64_t kStreamBytes = 16 << 20;
 
 // ---- instruction-set selection ----------------------------------------------------------------
 
@@ -126,18 +133,22 @@ View view_of(const at::Tensor& t) {
   return View{t.data_ptr(), t.stride(0), t.stride(1), t.stride(2)};
 }
 
-// Walk channels-innermost layouts (channels_last, (N, C)) position by position; everything
-// else channel plane by channel plane.
+// Walk channels-innermost layouts (channels_last) position by position; everything else channel
+// plane by channel plane.  (N, C) inputs always go position by position, whatever their strides:
+// the noise indices of a position's channels are consecutive, those of a channel's plane are C
+// apart (each Philox call would serve one element).  Chunks of positions are a multiple of 4,
+// so that groups of four noise indices do not straddle tasks when S and index_base are
+// multiples of 4.
 Geometry geometry_of(const at::Tensor& t) {
   Geometry g{};
   g.N = t.size(0);
   g.C = t.size(1);
   g.S = t.size(2);
-  const int64_t plane_inner = g.S > 1 ? t.stride(2) : t.stride(0);
-  g.rows = g.C > 1 && t.stride(1) == 1 && plane_inner != 1;
-  g.chunk = g.rows ? std::max<int64_t>(1, kChunk / g.C) : kChunk;
+  g.rows = g.C > 1 && (g.S == 1 || (t.stride(1) == 1 && t.stride(2) != 1));
+  g.chunk = g.rows ? std::max<int64_t>(4, (kChunk / g.C) & ~int64_t{3}) : kChunk;
   const int64_t M = g.N * g.S;
   g.nchunks = (M + g.chunk - 1) / g.chunk;
+  g.stream = t.numel() * t.element_size() >= kStreamBytes;
   return g;
 }
 
@@ -164,6 +175,26 @@ void for_channels(int64_t C, F&& f) {
   at::parallel_for(0, C, 64, [&](int64_t b, int64_t e) {
     for (int64_t c = b; c < e; ++c) f(c);
   });
+}
+
+// The ops whose second pass needs per-channel results of the first: pass1(t) for every task,
+// finish(c) for every channel, then pass2(t) for every task.  Planes with enough channels go
+// channel by channel instead (pass 1 over the channel's chunks, finish, pass 2), so that pass 2
+// reads the channel from cache rather than from memory; the tasks and the merges are the same
+// either way, and so are the results.
+template <class P1, class Fin, class P2>
+void two_passes(const Geometry& g, int64_t itemsize, P1&& pass1, Fin&& finish, P2&& pass2) {
+  if (!g.rows && g.C >= 4 * at::get_num_threads() && g.N * g.S * itemsize <= kChannelBytes) {
+    run_tasks(g.C, [&](int64_t c) {
+      for (int64_t k = 0; k < g.nchunks; ++k) pass1(c * g.nchunks + k);
+      finish(c);
+      for (int64_t k = 0; k < g.nchunks; ++k) pass2(c * g.nchunks + k);
+    });
+    return;
+  }
+  for_tasks(g, pass1);
+  for_channels(g.C, finish);
+  for_tasks(g, pass2);
 }
 
 template <class A>
@@ -221,12 +252,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_batch(const at::Tensor& x
     return {y, mean, var};
   }
   at::Tensor pmean = partials(g, st, x3), pm2 = partials(g, st, x3);
+  at::Tensor scale = at::empty({g.C}, x3.options().dtype(st));
   const Kernels& k = kern();
   const View xv = view_of(x3), yv = view_of(y);
-  for_tasks(g, [&](int64_t t) { k.stats(g, dt, xv, t, pmean.data_ptr(), pm2.data_ptr()); });
-  at::Tensor scale = at::empty({g.C}, x3.options().dtype(st));
-  AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_merge", [&] {
-    for_channels(g.C, [&](int64_t c) {
+  AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_forward", [&] {
+    const auto finish = [&](int64_t c) {
       double m, v;
       merge_stats<scalar_t>(g, pmean, pm2, c, m, v);
       const scalar_t var_c = static_cast<scalar_t>(v);
@@ -235,9 +265,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_batch(const at::Tensor& x
       mean.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(m);
       var.data_ptr<scalar_t>()[c] = var_c;
       scale.data_ptr<scalar_t>()[c] = alpha.data_ptr<scalar_t>()[c] * sigma;
-    });
+    };
+    two_passes(
+        g, x3.element_size(),
+        [&](int64_t t) { k.stats(g, dt, xv, t, pmean.data_ptr(), pm2.data_ptr()); }, finish,
+        [&](int64_t t) { k.apply(g, dt, xv, yv, scale.data_ptr(), s, base, t); });
   });
-  for_tasks(g, [&](int64_t t) { k.apply(g, dt, xv, yv, scale.data_ptr(), s, base, t); });
   return {y, mean, var};
 }
 
@@ -256,19 +289,19 @@ at::Tensor forward_scaled(const at::Tensor& x3, const at::Tensor& scale, const a
   return y;
 }
 
-// g_c = sum(dy * eps) over channel c, in the statistics dtype.
+// g_c = sum(dy * eps) over channel c, accumulated in double, returned in the statistics dtype.
 at::Tensor noise_dot_impl(const at::Tensor& dy3, const Geometry& g, uint64_t s, uint64_t base) {
   const at::ScalarType st = stat_type(dy3);
   at::Tensor out = at::zeros({g.C}, dy3.options().dtype(st));
   if (g.N * g.S == 0) return out;
-  at::Tensor part = partials(g, st, dy3);
+  at::Tensor part = partials(g, at::kDouble, dy3);
   const Kernels& k = kern();
   const DType dt = dtype_of(dy3, "dy");
   const View dv = view_of(dy3);
-  for_tasks(g, [&](int64_t t) { k.noise_dot(g, dt, dv, s, base, t, part.data_ptr()); });
+  for_tasks(g, [&](int64_t t) { k.noise_dot(g, dt, dv, s, base, t, part.data_ptr<double>()); });
   AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_dot", [&] {
     for_channels(g.C, [&](int64_t c) {
-      out.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(merge_sum<scalar_t>(g, part, c));
+      out.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(merge_sum<double>(g, part, c));
     });
   });
   return out;
@@ -295,22 +328,27 @@ std::tuple<at::Tensor, at::Tensor> backward_batch(const at::Tensor& dy3, const a
   check_channels(mean, "mean", g.C, st);
   check_channels(sigma, "sigma", g.C, st);
   const uint64_t s = seed_of(seed), base = base_of(index_base);
-  at::Tensor gsum = noise_dot_impl(dy3, g, s, base);
+  at::Tensor gsum = at::zeros({g.C}, x3.options().dtype(st));
   at::Tensor dx = at::empty_like(x3);
   if (g.N * g.S == 0) return {dx, gsum};
+  at::Tensor part = partials(g, at::kDouble, dy3);
   at::Tensor coef = at::empty({g.C}, x3.options().dtype(st));
   const double M = static_cast<double>(g.N * g.S);
-  AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_coef", [&] {
-    for (int64_t c = 0; c < g.C; ++c) {
-      const double a = alpha.data_ptr<scalar_t>()[c], gc = gsum.data_ptr<scalar_t>()[c];
-      const double sg = sigma.data_ptr<scalar_t>()[c];
-      coef.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(a * gc / (M * sg));
-    }
-  });
   const Kernels& k = kern();
   const DType dt = dtype_of(x3, "x");
   const View dv = view_of(dy3), xv = view_of(x3), ov = view_of(dx);
-  for_tasks(g, [&](int64_t t) { k.dx(g, dt, dv, xv, ov, coef.data_ptr(), mean.data_ptr(), t); });
+  AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_backward", [&] {
+    const auto finish = [&](int64_t c) {
+      const double gc = merge_sum<double>(g, part, c);
+      const double a = alpha.data_ptr<scalar_t>()[c], sg = sigma.data_ptr<scalar_t>()[c];
+      gsum.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(gc);
+      coef.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(a * gc / (M * sg));
+    };
+    two_passes(
+        g, x3.element_size(),
+        [&](int64_t t) { k.noise_dot(g, dt, dv, s, base, t, part.data_ptr<double>()); }, finish,
+        [&](int64_t t) { k.dx(g, dt, dv, xv, ov, coef.data_ptr(), mean.data_ptr(), t); });
+  });
   return {dx, gsum};
 }
 
@@ -329,7 +367,8 @@ at::Tensor randn(int64_t numel, const at::Tensor& seed) {
   return out;
 }
 
-// Test hook: eps at start, start + step, ... (count values) through the kernels' noise path.
+// Test hook: eps at element indices start, start + step, ... (count values) through the
+// kernels' noise path.
 at::Tensor randn_range(int64_t start, int64_t count, int64_t step, const at::Tensor& seed) {
   TORCH_CHECK_VALUE(start >= 0 && count >= 0 && step >= 1,
                     "need start >= 0, count >= 0 and step >= 1, got ", start, ", ", count, ", ",
@@ -341,22 +380,23 @@ at::Tensor randn_range(int64_t start, int64_t count, int64_t step, const at::Ten
   return out;
 }
 
-// Test hook: words (K, 4) as int64, rand and randn at arbitrary int64 offsets.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> draw_at(const at::Tensor& offsets,
+// Test hook: the stream per group j of `groups` (int64, >= 0): the Philox words (G, 4) as int64,
+// rand4x (G, 4) and randn4x (G, 4).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> draw_at(const at::Tensor& groups,
                                                        const at::Tensor& seed) {
-  ANOISE_CHECK_CPU(offsets, "offsets");
-  TORCH_CHECK_TYPE(offsets.scalar_type() == at::kLong, "offsets must be int64, got ",
-                   offsets.scalar_type());
-  TORCH_CHECK_VALUE(offsets.dim() == 1, "offsets must be 1-D, got shape ", offsets.sizes());
-  TORCH_CHECK_VALUE(offsets.numel() == 0 || offsets.min().item<int64_t>() >= 0,
-                    "offsets must be >= 0");
+  ANOISE_CHECK_CPU(groups, "groups");
+  TORCH_CHECK_TYPE(groups.scalar_type() == at::kLong, "groups must be int64, got ",
+                   groups.scalar_type());
+  TORCH_CHECK_VALUE(groups.dim() == 1, "groups must be 1-D, got shape ", groups.sizes());
+  TORCH_CHECK_VALUE(groups.numel() == 0 || groups.min().item<int64_t>() >= 0,
+                    "groups must be >= 0");
   const uint64_t s = seed_of(seed);
-  at::Tensor off = offsets.contiguous();
-  const int64_t n = off.numel();
-  at::Tensor words = at::empty({n, 4}, off.options());
-  at::Tensor rand = at::empty({n}, off.options().dtype(at::kFloat));
-  at::Tensor rn = at::empty({n}, off.options().dtype(at::kFloat));
-  kern().draw_at(off.data_ptr<int64_t>(), n, s, words.data_ptr<int64_t>(), rand.data_ptr<float>(),
+  at::Tensor gr = groups.contiguous();
+  const int64_t n = gr.numel();
+  at::Tensor words = at::empty({n, 4}, gr.options());
+  at::Tensor rand = at::empty({n, 4}, gr.options().dtype(at::kFloat));
+  at::Tensor rn = at::empty({n, 4}, gr.options().dtype(at::kFloat));
+  kern().draw_at(gr.data_ptr<int64_t>(), n, s, words.data_ptr<int64_t>(), rand.data_ptr<float>(),
                  rn.data_ptr<float>());
   return {words, rand, rn};
 }
@@ -395,7 +435,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("randn", &ac::randn, release(), py::arg("numel"), py::arg("seed"));
   m.def("randn_range", &ac::randn_range, release(), py::arg("start"), py::arg("count"),
         py::arg("step"), py::arg("seed"));
-  m.def("draw_at", &ac::draw_at, release(), py::arg("offsets"), py::arg("seed"));
+  m.def("draw_at", &ac::draw_at, release(), py::arg("groups"), py::arg("seed"));
   m.def("isa_list", &ac::isa_list, "instruction sets this CPU can run, narrowest first");
   m.def("isa", &ac::isa, "the instruction set in use");
   m.def("set_isa", &ac::set_isa, py::arg("name"), "switch instruction set (tests, benchmarks)");

@@ -2,7 +2,7 @@
 // them vectorise without F16C or AVX512-BF16.  Rounding is to nearest even, as torch's casts.
 #pragma once
 
-#include "philox.h"
+#include "simd.h"
 
 namespace anoise_cpu {
 

@@ -26,11 +26,14 @@ struct View {
 //   rows (rows == true, channels innermost in memory, e.g. channels_last or (N, C)): task t is
 //     chunk t of `chunk` positions (n, s), each a run over all C channels.
 // Partial results of channel c in chunk k live at slot(c, k).
+// stream: write the outputs with streaming stores (large outputs: no read for ownership, and
+// what the pass reads again stays cached).
 struct Geometry {
   int64_t N, C, S;
   bool rows;
   int64_t chunk;
   int64_t nchunks;
+  bool stream;
 };
 
 // Free functions with internal linkage (not members): every kernel translation unit gets its
@@ -46,7 +49,10 @@ static inline int64_t chunk_count(const Geometry& g, int64_t k) {
 }
 
 // acc = double for double input, float otherwise; partial buffers and per-channel vectors
-// (scale, coef, mean) are in acc.
+// (scale, coef, mean) are in acc, except the partial sums of g, which are double.
+//
+// Noise: element i (a logical index: the call's index_base plus the row-major index in the
+// (N, C, S) view) draws eps(i) = component i & 3 of randn4x(seed, i >> 2) (SPEC section 3).
 struct Kernels {
   const char* name;
   // Per chunk: mean and sum of squared deviations (two passes over the chunk, in cache).
@@ -55,17 +61,18 @@ struct Kernels {
   // eps(base + i) (uint64 arithmetic): base is the call's index_base.
   void (*apply)(const Geometry&, DType, View x, View y, const void* scale, uint64_t seed,
                 uint64_t base, int64_t task);
-  // Per chunk: sum(dy * eps), eps drawn as in apply.
+  // Per chunk: sum(dy * eps) in double, eps drawn as in apply.
   void (*noise_dot)(const Geometry&, DType, View dy, uint64_t seed, uint64_t base, int64_t task,
-                    void* pg);
+                    double* pg);
   // dx = dy + coef_c * (x - mean_c).
   void (*dx)(const Geometry&, DType, View dy, View x, View dx, const void* coef, const void* mean,
              int64_t task);
-  // out[j] = eps(i0 + j * istep) for j in [0, n): the vectorised noise path alone.
+  // out[j] = eps(i0 + j * istep) for j in [0, n) (the kernels' path when istep == 1).
   void (*randn)(float* out, int64_t n, uint64_t i0, uint64_t istep, uint64_t seed);
-  // The four words, rand and randn at arbitrary offsets (test hook).
-  void (*draw_at)(const int64_t* offsets, int64_t n, uint64_t seed, int64_t* words, float* rand,
-                  float* randn);
+  // Test hook: for each group j of groups[0 .. n), the four Philox words, rand4x and randn4x,
+  // as rows of four.
+  void (*draw_at)(const int64_t* groups, int64_t n, uint64_t seed, int64_t* words, float* rand4,
+                  float* randn4);
 };
 
 const Kernels& kernels_baseline();

@@ -5,8 +5,8 @@
 
 #pragma GCC target("avx2,fma,f16c,bmi2")
 #define ANOISE_ISA avx2
-#define ANOISE_PHILOX_SIMD 256
 #define ANOISE_ISA_NAME "avx2"
+#define ANOISE_SIMD 256
 #include "kernels_impl.h"
 
 namespace anoise_cpu {

@@ -1,11 +1,12 @@
 // The kernels compiled for AVX-512 (F/DQ/BW/VL); chosen at run time when the CPU has them.
 #if defined(__x86_64__)
-#include <stdint.h>  // before the target pragma: nothing from a header is compiled for AVX-512
+#include <immintrin.h>  // before the target pragma, so that nothing from a header is compiled
+#include <stdint.h>     // for AVX-512
 
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c,bmi2")
 #define ANOISE_ISA avx512
-#define ANOISE_PHILOX_WIDE 1
 #define ANOISE_ISA_NAME "avx512"
+#define ANOISE_SIMD 512
 #include "kernels_impl.h"
 
 namespace anoise_cpu {

@@ -1,6 +1,11 @@
 // The kernels for the instruction set the compiler targets by default (SSE2 on x86-64).
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #define ANOISE_ISA baseline
 #define ANOISE_ISA_NAME "baseline"
+#define ANOISE_SIMD 128
 #include "kernels_impl.h"
 
 namespace anoise_cpu {

@@ -1,14 +1,12 @@
 // The CPU kernels, compiled once per instruction set: a kernels_<isa>.cpp file sets
-// `#pragma GCC target(...)`, defines ANOISE_ISA (a namespace) and ANOISE_ISA_NAME, then
-// includes this file.  Only headers without out-of-line code are included (no std templates),
-// so no function compiled for a wider instruction set can be picked by the linker for use
-// elsewhere.  Inner loops are written so that gcc vectorises them (`omp simd`, unit-stride
-// fast paths, branch-free noise in philox.h).
+// `#pragma GCC target(...)`, defines ANOISE_ISA (a namespace), ANOISE_ISA_NAME and ANOISE_SIMD,
+// then includes this file.  Only headers without out-of-line code are included (no std
+// templates), so no function compiled for a wider instruction set can be picked by the linker
+// for use elsewhere.  The noise comes from explicit vectors (philox.h); the loops that consume
+// it are written so that gcc vectorises them (`omp simd`, unit-stride fast paths).
 #include "half.h"
 #include "kernels.h"
-#if defined(ANOISE_PHILOX_SIMD)
-#include "philox_simd.h"
-#endif
+#include "philox.h"
 
 namespace anoise_cpu {
 namespace ANOISE_ISA {
@@ -25,26 +23,21 @@ struct AccOf<double> {
 
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// A run of `len` elements along the inner dimension, starting at logical (n, c, s).
-// In rows mode the run goes over channels (c = 0); otherwise over s, or over n when S == 1.
+// A run of `len` elements along one dimension, starting at logical (n, c, s).
 struct Seg {
   int64_t n, c, s, len;
 };
 
+// The walk of the statistics and dx passes: in rows mode a run goes over the channels of one
+// position (c = 0); otherwise over s, or over n when S == 1.
 struct Walk {
   const Geometry& g;
   bool along_c, along_n;
-  uint64_t base;  // noise index of logical element 0
 
-  explicit Walk(const Geometry& geo, uint64_t index_base = 0)
-      : g(geo), along_c(geo.rows), along_n(!geo.rows && geo.S == 1), base(index_base) {}
+  explicit Walk(const Geometry& geo) : g(geo), along_c(geo.rows), along_n(!geo.rows && geo.S == 1) {}
 
   int64_t offset(const View& v, const Seg& q) const { return q.n * v.sN + q.c * v.sC + q.s * v.sS; }
   int64_t inner(const View& v) const { return along_c ? v.sC : (along_n ? v.sN : v.sS); }
-  uint64_t index(const Seg& q) const {
-    return base + (uint64_t)((q.n * g.C + q.c) * g.S + q.s);
-  }
-  uint64_t istep() const { return along_c ? (uint64_t)g.S : (along_n ? (uint64_t)g.C : 1u); }
 
   // Calls f(seg) for each run of the task, in a fixed order.
   template <class F>
@@ -69,6 +62,89 @@ struct Walk {
     }
   }
 };
+
+// Noise elements drawn per block (a stack buffer, in L1): whole stages of fill_groups.
+constexpr int64_t kBlock = 4 * kStage * kQuads * 2;
+
+// The walk of the passes that draw noise.  Runs whose elements have consecutive noise indices,
+// so that each Philox call serves four of them (only a run's first and last group can be
+// partial):
+//   planes: runs along s (along n when S == 1, which here means C == 1), in blocks;
+//   rows with S == 1 ((N, C) inputs): the task's indices are contiguous; each block of them is
+//     cut at position boundaries into runs along c, one scale per element (lanes());
+//   rows with S > 1 (channels_last): tiles of consecutive s within one n and, per channel, a run
+//     along s (strided in memory; the tile stays in cache while its channels are visited).
+struct NoiseWalk {
+  enum Dir { kAlongS, kAlongN, kAlongC };
+  const Geometry& g;
+  uint64_t base;  // noise index of logical element 0
+  Dir dir;
+
+  NoiseWalk(const Geometry& geo, uint64_t index_base)
+      : g(geo),
+        base(index_base),
+        dir(geo.rows ? (geo.S == 1 ? kAlongC : kAlongS) : (geo.S == 1 ? kAlongN : kAlongS)) {}
+
+  bool lanes() const { return dir == kAlongC; }
+  int64_t offset(const View& v, const Seg& q) const { return q.n * v.sN + q.c * v.sC + q.s * v.sS; }
+  int64_t inner(const View& v) const { return dir == kAlongC ? v.sC : (dir == kAlongN ? v.sN : v.sS); }
+  uint64_t index(int64_t n, int64_t c, int64_t s) const {
+    return base + (uint64_t)((n * g.C + c) * g.S + s);
+  }
+  // Positions per tile in rows mode with S > 1: about 4096 elements, a multiple of 4.
+  int64_t tile() const {
+    const int64_t t = (4096 / g.C) & ~int64_t{3};
+    return t < 4 ? 4 : (t > kBlock ? kBlock : t);
+  }
+
+  // Calls f(q, e) for each run q of the task, in a fixed order, with e[l] the noise of its
+  // element l; e is null for channels where skip(c) (their runs draw nothing).
+  template <class Skip, class F>
+  void each(int64_t task, const Key& key, Skip&& skip, F&& f) const {
+    float buf[noise_buf_floats(kBlock)];
+    if (!g.rows) {
+      const int64_t c = task / g.nchunks, k = task % g.nchunks;
+      const bool none = skip(c);
+      int64_t j = k * g.chunk;
+      const int64_t end = j + chunk_count(g, k);
+      while (j < end) {
+        const int64_t n = dir == kAlongN ? j : j / g.S, s = dir == kAlongN ? 0 : j - n * g.S;
+        const int64_t len = dir == kAlongN ? end - j : imin(end - j, g.S - s);
+        for (int64_t b = 0; b < len; b += kBlock) {
+          const int64_t m = imin(kBlock, len - b);
+          const Seg q = dir == kAlongN ? Seg{n + b, c, 0, m} : Seg{n, c, s + b, m};
+          f(q, none ? nullptr : noise_block(buf, index(q.n, c, q.s), m, key));
+        }
+        j += len;
+      }
+      return;
+    }
+    const int64_t p0 = task * g.chunk, p1 = p0 + chunk_count(g, task);
+    if (g.S == 1) {
+      const int64_t f1 = p1 * g.C;
+      for (int64_t f0 = p0 * g.C; f0 < f1; f0 += kBlock) {
+        const int64_t m = imin(kBlock, f1 - f0);
+        const float* e = noise_block(buf, base + (uint64_t)f0, m, key);
+        for (int64_t i = f0; i < f0 + m;) {
+          const int64_t n = i / g.C, c = i - n * g.C, len = imin(g.C - c, f0 + m - i);
+          f(Seg{n, c, 0, len}, e + (i - f0));
+          i += len;
+        }
+      }
+      return;
+    }
+    const int64_t t = tile();
+    for (int64_t p = p0; p < p1;) {
+      const int64_t n = p / g.S, s = p - n * g.S;
+      const int64_t len = imin(t, imin(p1 - p, g.S - s));
+      for (int64_t c = 0; c < g.C; ++c)
+        f(Seg{n, c, s, len}, skip(c) ? nullptr : noise_block(buf, index(n, c, s), len, key));
+      p += len;
+    }
+  }
+};
+
+constexpr auto kNoSkip = [](int64_t) { return false; };
 
 // ---- per-run inner loops (CONTIG: every tensor has unit stride along the run) -------------
 
@@ -114,81 +190,65 @@ inline void run_lanes_sum(const T* x, int64_t xs, int64_t len, typename AccOf<T>
   }
 }
 
-// The noise is drawn into a small stack block by its own loop, then used by a second one: with
-// both in one loop, gcc sinks the noise into the `scale != 0` branch and cannot vectorise.
-constexpr int64_t kBlock = 128;
-
-inline void fill_noise(float* __restrict e, int64_t len, uint64_t i0, uint64_t istep, uint32_t k0,
-                       uint32_t k1) {
-#if defined(ANOISE_PHILOX_SIMD)
-  if (istep < (1u << 27)) {  // lane offsets l * istep fit in 32 bits
-    const vec_t off = lane_offsets((uint32_t)istep);
-    for (int64_t b = 0; b < len; b += kPhiloxLanes) {
-      uint32_t w0[kPhiloxLanes], w1[kPhiloxLanes];  // lanes past len draw unused values
-      philox_lanes(i0 + (uint64_t)b * istep, off, k0, k1, w0, w1);
-      const int64_t n = imin(kPhiloxLanes, len - b);
+template <class T, bool CONTIG>
+inline void run_copy(const T* x, int64_t xs, T* y, int64_t ys, int64_t len) {
+  if (CONTIG) xs = ys = 1;
 #pragma omp simd
-      for (int64_t l = 0; l < n; ++l) e[b + l] = box_muller(w0[l], w1[l]);
-    }
-    return;
-  }
-#endif
-#pragma omp simd
-  for (int64_t l = 0; l < len; ++l) e[l] = randn_at(i0 + (uint64_t)l * istep, k0, k1);
+  for (int64_t l = 0; l < len; ++l) y[l * ys] = x[l * xs];
 }
 
-// y = x + scale * eps; LANES: one scale per element of the run (rows mode), else scale[0].
+// y = x + scale * e; LANES: one scale per element of the run (y = x exactly where it is 0),
+// else scale[0].
 template <class T, bool CONTIG, bool LANES>
-inline void run_apply(const T* x, int64_t xs, T* y, int64_t ys, int64_t len, uint64_t i0,
-                      uint64_t istep, const typename AccOf<T>::type* __restrict scale, uint32_t k0,
-                      uint32_t k1) {
+inline void run_apply(const T* x, int64_t xs, T* y, int64_t ys, int64_t len,
+                      const float* __restrict e, const typename AccOf<T>::type* __restrict scale) {
   using A = typename AccOf<T>::type;
   if (CONTIG) xs = ys = 1;
-  if (!LANES && scale[0] == 0) {  // y = x exactly; a loop-invariant select blocks vectorising
 #pragma omp simd
-    for (int64_t l = 0; l < len; ++l) y[l * ys] = x[l * xs];
-    return;
-  }
-  float e[kBlock];
-  for (int64_t b = 0; b < len; b += kBlock) {
-    const int64_t n = imin(kBlock, len - b);
-    fill_noise(e, n, i0 + (uint64_t)b * istep, istep, k0, k1);
-    const T* xb = x + b * xs;
-    T* yb = y + b * ys;
-    const A* sb = scale + (LANES ? b : 0);
-#pragma omp simd
-    for (int64_t l = 0; l < n; ++l) {
-      const A sc = sb[LANES ? l : 0];
-      const A xv = (A)to_float(xb[l * xs]);
-      const A r = xv + sc * (A)e[l];
-      yb[l * ys] = FromFloat<T>::conv(LANES && sc == 0 ? xv : r);  // exact x where scale is 0
-    }
+  for (int64_t l = 0; l < len; ++l) {
+    const A sc = scale[LANES ? l : 0];
+    const A xv = (A)to_float(x[l * xs]);
+    const A r = xv + sc * (A)e[l];
+    y[l * ys] = FromFloat<T>::conv(LANES && sc == 0 ? xv : r);
   }
 }
 
-// sum(dy * eps) over the run (LANES == false), or acc[l] += dy[l] * eps[l] (LANES).
-template <class T, bool CONTIG, bool LANES>
-inline typename AccOf<T>::type run_dot(const T* dy, int64_t ds, int64_t len, uint64_t i0,
-                                       uint64_t istep, uint32_t k0, uint32_t k1,
-                                       typename AccOf<T>::type* __restrict lanes) {
-  using A = typename AccOf<T>::type;
+// sum(dy * e) in double: the products of float32 values are exact, so g keeps its accuracy
+// when terms of both signs cancel (a float32 sum lost ~1e-5 of d alpha at M ~ 1e5).
+template <class T, bool CONTIG>
+inline double run_dot(const T* dy, int64_t ds, int64_t len, const float* __restrict e) {
   if (CONTIG) ds = 1;
-  float e[kBlock];
-  A acc = 0;
-  for (int64_t b = 0; b < len; b += kBlock) {
-    const int64_t n = imin(kBlock, len - b);
-    fill_noise(e, n, i0 + (uint64_t)b * istep, istep, k0, k1);
-    const T* db = dy + b * ds;
-    if (LANES) {
-      A* lb = lanes + b;
-#pragma omp simd
-      for (int64_t l = 0; l < n; ++l) lb[l] += (A)to_float(db[l * ds]) * (A)e[l];
-    } else {
+  double acc = 0;
 #pragma omp simd reduction(+ : acc)
-      for (int64_t l = 0; l < n; ++l) acc += (A)to_float(db[l * ds]) * (A)e[l];
-    }
-  }
+  for (int64_t l = 0; l < len; ++l) acc += (double)to_float(dy[l * ds]) * (double)e[l];
   return acc;
+}
+
+// Rows mode: acc[l] += dy[l] * e[l].
+template <class T, bool CONTIG>
+inline void run_dot_lanes(const T* dy, int64_t ds, int64_t len, const float* __restrict e,
+                          double* __restrict acc) {
+  if (CONTIG) ds = 1;
+#pragma omp simd
+  for (int64_t l = 0; l < len; ++l) acc[l] += (double)to_float(dy[l * ds]) * (double)e[l];
+}
+
+// Float runs with unit strides and streaming stores: out[l] = op(l) in explicit vectors, where
+// op(a, b, c) combines vectors of a[l..], b[l..], c[l..].  Partial vectors at either end of the
+// run go through staging vectors, so every element takes the same arithmetic.
+template <class Op>
+inline void stream_run(float* out, int64_t len, const float* a, const float* b, const float* c,
+                       Op&& op) {
+  const auto part = [&](int64_t l, int64_t m) {
+    float ta[kLanes] = {}, tb[kLanes] = {}, tc[kLanes] = {}, to[kLanes];
+    for (int64_t i = 0; i < m; ++i) ta[i] = a[l + i], tb[i] = b[l + i], tc[i] = c[l + i];
+    storef(to, op(loadf(ta), loadf(tb), loadf(tc)));
+    for (int64_t i = 0; i < m; ++i) out[l + i] = to[i];
+  };
+  int64_t l = imin(len, (int64_t)((-(uint64_t)out & (kVecBytes - 1)) / sizeof(float)));
+  if (l > 0) part(0, l);
+  for (; l + kLanes <= len; l += kLanes) stream_store(out + l, op(loadf(a + l), loadf(b + l), loadf(c + l)));
+  if (l < len) part(l, len - l);
 }
 
 template <class T, bool CONTIG, bool LANES>
@@ -206,6 +266,13 @@ inline void run_dx(const T* dy, int64_t ds, const T* x, int64_t xs, T* dx, int64
 }
 
 // ---- tasks ---------------------------------------------------------------------------------
+
+// Outputs are written with streaming stores when Geometry::stream on float runs with unit
+// strides (the large tensors of the hot path).
+template <class T>
+constexpr bool kIsFloat = false;
+template <>
+constexpr bool kIsFloat<float> = true;
 
 template <class T, bool CONTIG>
 void stats_task(const Geometry& g, View xv, int64_t task, void* pmean_, void* pm2_) {
@@ -241,41 +308,61 @@ void apply_task(const Geometry& g, View xv, View yv, const void* scale_, uint64_
   const A* scale = static_cast<const A*>(scale_);
   const T* x = static_cast<const T*>(xv.data);
   T* y = static_cast<T*>(yv.data);
-  const Walk w(g, base);
+  const NoiseWalk w(g, base);
+  const Key key = make_key(seed);
   const int64_t xs = w.inner(xv), ys = w.inner(yv);
-  const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-  w.each(task, [&](const Seg& q) {
+  if (w.lanes()) {
+    w.each(task, key, kNoSkip, [&](const Seg& q, const float* e) {
+      run_apply<T, CONTIG, true>(x + w.offset(xv, q), xs, y + w.offset(yv, q), ys, q.len, e,
+                                 scale + q.c);
+    });
+    return;
+  }
+  // y = x exactly where scale is 0, and no noise is drawn there.
+  const auto zero = [&](int64_t c) { return scale[c] == 0; };
+  w.each(task, key, zero, [&](const Seg& q, const float* e) {
     const T* xp = x + w.offset(xv, q);
     T* yp = y + w.offset(yv, q);
-    if (g.rows)
-      run_apply<T, CONTIG, true>(xp, xs, yp, ys, q.len, w.index(q), w.istep(), scale, k0, k1);
-    else
-      run_apply<T, CONTIG, false>(xp, xs, yp, ys, q.len, w.index(q), w.istep(), scale + q.c, k0, k1);
+    if (e == nullptr) {
+      run_copy<T, CONTIG>(xp, xs, yp, ys, q.len);
+      return;
+    }
+    if constexpr (CONTIG && kIsFloat<T>) {
+      if (g.stream) {
+        const vf sc = bc(scale[q.c]);
+        stream_run(yp, q.len, xp, e, e, [&](vf xa, vf ea, vf) { return madd(sc, ea, xa); });
+        return;
+      }
+    }
+    run_apply<T, CONTIG, false>(xp, xs, yp, ys, q.len, e, scale + q.c);
   });
+  if (g.stream) stream_fence();
 }
 
 template <class T, bool CONTIG>
 void dot_task(const Geometry& g, View dv, uint64_t seed, uint64_t base, int64_t task,
-              void* pg_) {
-  using A = typename AccOf<T>::type;
-  A* pg = static_cast<A*>(pg_);
+              double* pg) {
   const T* dy = static_cast<const T*>(dv.data);
-  const Walk w(g, base);
+  const NoiseWalk w(g, base);
+  const Key key = make_key(seed);
   const int64_t ds = w.inner(dv);
-  const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
   if (g.rows) {
-    A* acc = pg + slot(g, 0, task);
+    double* acc = pg + slot(g, 0, task);
     for (int64_t c = 0; c < g.C; ++c) acc[c] = 0;
-    w.each(task, [&](const Seg& q) {
-      run_dot<T, CONTIG, true>(dy + w.offset(dv, q), ds, q.len, w.index(q), w.istep(), k0, k1,
-                               acc);
-    });
+    if (w.lanes()) {
+      w.each(task, key, kNoSkip, [&](const Seg& q, const float* e) {
+        run_dot_lanes<T, CONTIG>(dy + w.offset(dv, q), ds, q.len, e, acc + q.c);
+      });
+    } else {
+      w.each(task, key, kNoSkip, [&](const Seg& q, const float* e) {
+        acc[q.c] += run_dot<T, CONTIG>(dy + w.offset(dv, q), ds, q.len, e);
+      });
+    }
     return;
   }
-  A acc = 0;
-  w.each(task, [&](const Seg& q) {
-    acc += run_dot<T, CONTIG, false>(dy + w.offset(dv, q), ds, q.len, w.index(q), w.istep(), k0,
-                                     k1, nullptr);
+  double acc = 0;
+  w.each(task, key, kNoSkip, [&](const Seg& q, const float* e) {
+    acc += run_dot<T, CONTIG>(dy + w.offset(dv, q), ds, q.len, e);
   });
   pg[slot(g, task / g.nchunks, task % g.nchunks)] = acc;
 }
@@ -295,11 +382,20 @@ void dx_task(const Geometry& g, View dv, View xv, View ov, const void* coef_, co
     const T* dp = dy + w.offset(dv, q);
     const T* xp = x + w.offset(xv, q);
     T* op = dx + w.offset(ov, q);
-    if (g.rows)
+    if (g.rows) {
       run_dx<T, CONTIG, true>(dp, ds, xp, xs, op, os, q.len, coef, mean);
-    else
-      run_dx<T, CONTIG, false>(dp, ds, xp, xs, op, os, q.len, coef + q.c, mean + q.c);
+      return;
+    }
+    if constexpr (CONTIG && kIsFloat<T>) {
+      if (g.stream) {
+        const vf k = bc(coef[q.c]), m = bc(mean[q.c]);
+        stream_run(op, q.len, dp, xp, xp, [&](vf d, vf xa, vf) { return madd(k, xa - m, d); });
+        return;
+      }
+    }
+    run_dx<T, CONTIG, false>(dp, ds, xp, xs, op, os, q.len, coef + q.c, mean + q.c);
   });
+  if (g.stream) stream_fence();
 }
 
 // ---- dtype and stride dispatch ----------------------------------------------------------------
@@ -333,7 +429,7 @@ struct ApplyF {
 };
 template <class T, bool C>
 struct DotF {
-  static void run(const Geometry& g, View d, uint64_t seed, uint64_t base, int64_t t, void* p) {
+  static void run(const Geometry& g, View d, uint64_t seed, uint64_t base, int64_t t, double* p) {
     dot_task<T, C>(g, d, seed, base, t, p);
   }
 };
@@ -352,13 +448,13 @@ void stats(const Geometry& g, DType dt, View x, int64_t task, void* pmean, void*
 
 void apply(const Geometry& g, DType dt, View x, View y, const void* scale, uint64_t seed,
            uint64_t base, int64_t task) {
-  const Walk w(g);
+  const NoiseWalk w(g, base);
   dispatch<ApplyF>(dt, w.inner(x) == 1 && w.inner(y) == 1, g, x, y, scale, seed, base, task);
 }
 
 void noise_dot(const Geometry& g, DType dt, View dy, uint64_t seed, uint64_t base, int64_t task,
-               void* pg) {
-  const Walk w(g);
+               double* pg) {
+  const NoiseWalk w(g, base);
   dispatch<DotF>(dt, w.inner(dy) == 1, g, dy, seed, base, task, pg);
 }
 
@@ -369,21 +465,57 @@ void dx(const Geometry& g, DType dt, View dy, View x, View out, const void* coef
   dispatch<DxF>(dt, contig, g, dy, x, out, coef, mean, task);
 }
 
+// Contiguous indices (istep == 1) take the kernels' path: whole groups straight into out, the
+// partial groups at either end through a block.  Other steps draw each element's own group,
+// kQuads elements per draw (a test hook, not a kernel path).
 void randn(float* out, int64_t n, uint64_t i0, uint64_t istep, uint64_t seed) {
-  fill_noise(out, n, i0, istep, (uint32_t)seed, (uint32_t)(seed >> 32));
+  const Key key = make_key(seed);
+  float buf[noise_buf_floats(8)];
+  if (istep == 1) {
+    const int64_t head = imin((int64_t)((4u - (i0 & 3u)) & 3u), n);
+    const float* e = noise_block(buf, i0, head, key);
+    for (int64_t l = 0; l < head; ++l) out[l] = e[l];
+    const int64_t groups = (n - head) / 4, body = head + 4 * groups;
+    fill_groups(out + head, (i0 + (uint64_t)head) >> 2, groups, key);
+    e = noise_block(buf, i0 + (uint64_t)body, n - body, key);
+    for (int64_t l = body; l < n; ++l) out[l] = e[l - body];
+    return;
+  }
+  for (int64_t j = 0; j < n; j += kQuads) {
+    const int64_t m = imin(kQuads, n - j);
+    uint64_t idx[kQuads];
+    int64_t groups[kQuads];
+    for (int64_t l = 0; l < kQuads; ++l) {
+      idx[l] = i0 + (uint64_t)(j + (l < m ? l : 0)) * istep;
+      groups[l] = (int64_t)(idx[l] >> 2);
+    }
+    const Draw d = draw(loadq(groups), key);
+    float z[2 * kLanes];
+    storef(z, zip_lo(d.n_cos, d.n_sin));
+    storef(z + kLanes, zip_hi(d.n_cos, d.n_sin));
+    for (int64_t l = 0; l < m; ++l) out[j + l] = z[4 * l + (int64_t)(idx[l] & 3u)];
+  }
 }
 
-void draw_at(const int64_t* offsets, int64_t n, uint64_t seed, int64_t* words, float* rand,
-             float* randn_out) {
-  const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-  for (int64_t j = 0; j < n; ++j) {
-    const Words w = philox((uint64_t)offsets[j], k0, k1);
-    words[4 * j + 0] = w.w0;
-    words[4 * j + 1] = w.w1;
-    words[4 * j + 2] = w.w2;
-    words[4 * j + 3] = w.w3;
-    rand[j] = uniform(w.w0);
-    randn_out[j] = box_muller(w.w0, w.w1);
+void draw_at(const int64_t* groups, int64_t n, uint64_t seed, int64_t* words, float* rand4,
+             float* randn4) {
+  const Key key = make_key(seed);
+  for (int64_t j = 0; j < n; j += kQuads) {
+    const int64_t m = imin(kQuads, n - j);
+    int64_t g[kQuads] = {};
+    for (int64_t l = 0; l < m; ++l) g[l] = groups[j + l];
+    const Draw d = draw(loadq(g), key);
+    float u[2 * kLanes], z[2 * kLanes];
+    storef(u, zip_lo(d.ua, d.ub));
+    storef(u + kLanes, zip_hi(d.ua, d.ub));
+    storef(z, zip_lo(d.n_cos, d.n_sin));
+    storef(z + kLanes, zip_hi(d.n_cos, d.n_sin));
+    for (int64_t l = 0; l < m; ++l)
+      for (int k = 0; k < 4; ++k) {
+        words[4 * (j + l) + k] = (int64_t)(d.w[k][l] & 0xFFFFFFFFull);
+        rand4[4 * (j + l) + k] = u[4 * l + k];
+        randn4[4 * (j + l) + k] = z[4 * l + k];
+      }
   }
 }
 

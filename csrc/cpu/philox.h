@@ -1,16 +1,23 @@
-// The anoise noise stream (SPEC section 3) for the CPU kernels: Triton's tl.randn(seed, i).
+// The anoise noise stream, stream 2 (SPEC section 3), for the CPU kernels: element i draws
+// component i & 3 of Triton's tl.randn4x(seed, i >> 2).
 //
-// Everything here is branch-free scalar code on 32-bit lanes so that a loop calling
-// randn_at() over consecutive elements auto-vectorises (the 32x32->64-bit products become
-// vpmuludq).  log and cos are polynomial approximations (Cephes' logf/sinf/cosf, ~1e-7
-// relative) rather than libm calls, which gcc cannot vectorise; SPEC allows randn within 1e-5
-// of Triton's.  Words and rand are exact.  No standard headers are included: these inline
-// functions are compiled once per instruction set (see kernels_impl.h).
+// One Philox4x32-10 call per group of four elements.  Philox runs on 64-bit lanes that each hold
+// one group's 32-bit state in their low half (mul_lo32 gives the full 64-bit products, and the
+// high halves, never read, may hold anything), so the 64-bit counters carry past 2**32 by
+// themselves.  The words are then packed into 32-bit lanes as Box-Muller pairs,
+// a = [u0, u2] and b = [u1, u3] of each group, and one log, sqrt, sin and cos serve both normals
+// of a pair.  Zipping the cos and sin results gives the groups' normals in element order.
+//
+// log, sin and cos are polynomial approximations (a minimax fit, Cephes' sinf, cosf); words and
+// uniforms are exact, normals are within about 1e-6 of the stream evaluated in float64
+// (benchmarks/cpu_noise_error.py measures it).  No standard headers are included: these
+// inline functions are compiled once per instruction set (see kernels_impl.h).
 #pragma once
 
-#include <stdint.h>
+#include "simd.h"
 
 namespace anoise_cpu {
+namespace ANOISE_ISA {
 
 constexpr uint32_t kPhiloxRoundA = 0xD2511F53u;
 constexpr uint32_t kPhiloxRoundB = 0xCD9E8D57u;
@@ -19,150 +26,186 @@ constexpr uint32_t kPhiloxKeyB = 0xBB67AE85u;
 constexpr float kUniformScale = 4.6566127342e-10f;  // largest s with (2^31-1)*s < 1
 constexpr float kTwoPi = 6.2831855f;                // float32(2*pi), as Triton
 constexpr float kMinU1 = 1e-7f;
+constexpr int kRounds = 10;
 
-static inline __attribute__((always_inline)) uint32_t f2u(float f) {
-  uint32_t u;
-  __builtin_memcpy(&u, &f, 4);
-  return u;
-}
-static inline __attribute__((always_inline)) float u2f(uint32_t u) {
-  float f;
-  __builtin_memcpy(&f, &u, 4);
-  return f;
-}
-
-struct Words {
-  uint32_t w0, w1, w2, w3;
+// The round keys of a seed, broadcast.
+struct Key {
+  vq k0[kRounds], k1[kRounds];
 };
 
-// Philox4x32-10 on counter (i_lo, i_hi, 0, 0) and key (k0, k1).
-static inline __attribute__((always_inline)) Words philox(uint64_t i, uint32_t k0, uint32_t k1) {
-  uint32_t c0 = (uint32_t)i, c1 = (uint32_t)(i >> 32), c2 = 0, c3 = 0;
-  // Written out (not a loop) so the vectoriser sees straight-line code.
-#define ANOISE_PHILOX_ROUND(r)                                                \
-  {                                                                           \
-    const uint64_t pb = (uint64_t)c2 * kPhiloxRoundB;                         \
-    const uint64_t pa = (uint64_t)c0 * kPhiloxRoundA;                         \
-    const uint32_t n0 = (uint32_t)(pb >> 32) ^ c1 ^ (k0 + (r) * kPhiloxKeyA); \
-    const uint32_t n2 = (uint32_t)(pa >> 32) ^ c3 ^ (k1 + (r) * kPhiloxKeyB); \
-    c1 = (uint32_t)pb;                                                        \
-    c3 = (uint32_t)pa;                                                        \
-    c0 = n0;                                                                  \
-    c2 = n2;                                                                  \
+ANOISE_VINLINE Key make_key(uint64_t seed) {
+  Key key;
+  uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+  for (int r = 0; r < kRounds; ++r) {
+    key.k0[r] = vq{} + (uint64_t)k0;
+    key.k1[r] = vq{} + (uint64_t)k1;
+    k0 += kPhiloxKeyA;
+    k1 += kPhiloxKeyB;
   }
-  ANOISE_PHILOX_ROUND(0u) ANOISE_PHILOX_ROUND(1u) ANOISE_PHILOX_ROUND(2u) ANOISE_PHILOX_ROUND(3u)
-  ANOISE_PHILOX_ROUND(4u) ANOISE_PHILOX_ROUND(5u) ANOISE_PHILOX_ROUND(6u) ANOISE_PHILOX_ROUND(7u)
-  ANOISE_PHILOX_ROUND(8u) ANOISE_PHILOX_ROUND(9u)
-#undef ANOISE_PHILOX_ROUND
-  return Words{c0, c1, c2, c3};
+  return key;
 }
 
-// The same rounds on 64-bit lanes that hold 32-bit values: with AVX-512 gcc then multiplies
-// with vpmullq on 8 lanes and needs no shuffles, which measured 1.45 ns/element against 3.2
-// for philox() (kernels_avx512.cpp selects it with ANOISE_PHILOX_WIDE).
-static inline __attribute__((always_inline)) Words philox_wide(uint64_t i, uint32_t k0_,
-                                                               uint32_t k1_) {
-  constexpr uint64_t kLow = 0xFFFFFFFFull;
-  uint64_t c0 = i & kLow, c1 = i >> 32, c2 = 0, c3 = 0;
-  const uint64_t k0 = k0_, k1 = k1_;
-#define ANOISE_PHILOX_WIDE_ROUND(r)                                            \
-  {                                                                            \
-    const uint64_t pb = c2 * (uint64_t)kPhiloxRoundB;                          \
-    const uint64_t pa = c0 * (uint64_t)kPhiloxRoundA;                          \
-    const uint64_t n0 = (pb >> 32) ^ c1 ^ ((k0 + (r) * kPhiloxKeyA) & kLow);   \
-    const uint64_t n2 = (pa >> 32) ^ c3 ^ ((k1 + (r) * kPhiloxKeyB) & kLow);   \
-    c1 = pb & kLow;                                                            \
-    c3 = pa & kLow;                                                            \
-    c0 = n0;                                                                   \
-    c2 = n2;                                                                   \
+// Philox4x32-10 on the counters (g_lo, g_hi, 0, 0) of the groups in the lanes of g.  The words
+// are the low halves of w[0..3].
+ANOISE_VINLINE void philox4(vq g, const Key& key, vq w[4]) {
+  const vq ra = vq{} + (uint64_t)kPhiloxRoundA, rb = vq{} + (uint64_t)kPhiloxRoundB;
+  // Round 0 with c2 = c3 = 0.
+  vq c3 = mul_lo32(g, ra);
+  vq c0 = (g >> 32) ^ key.k0[0];
+  vq c2 = (c3 >> 32) ^ key.k1[0];
+  vq c1 = vq{};
+#pragma GCC unroll 9
+  for (int r = 1; r < kRounds; ++r) {
+    const vq pb = mul_lo32(c2, rb), pa = mul_lo32(c0, ra);
+    c0 = (pb >> 32) ^ c1 ^ key.k0[r];
+    c2 = (pa >> 32) ^ c3 ^ key.k1[r];
+    c1 = pb;
+    c3 = pa;
   }
-  ANOISE_PHILOX_WIDE_ROUND(0u) ANOISE_PHILOX_WIDE_ROUND(1u) ANOISE_PHILOX_WIDE_ROUND(2u)
-  ANOISE_PHILOX_WIDE_ROUND(3u) ANOISE_PHILOX_WIDE_ROUND(4u) ANOISE_PHILOX_WIDE_ROUND(5u)
-  ANOISE_PHILOX_WIDE_ROUND(6u) ANOISE_PHILOX_WIDE_ROUND(7u) ANOISE_PHILOX_WIDE_ROUND(8u)
-  ANOISE_PHILOX_WIDE_ROUND(9u)
-#undef ANOISE_PHILOX_WIDE_ROUND
-  return Words{(uint32_t)c0, (uint32_t)c1, (uint32_t)c2, (uint32_t)c3};
+  w[0] = c0;
+  w[1] = c1;
+  w[2] = c2;
+  w[3] = c3;
 }
 
-// Triton's uint_to_uniform_float for 32-bit words.
-static inline __attribute__((always_inline)) float uniform(uint32_t w) {
-  int32_t v = (int32_t)w;
+// The low halves of the lanes of lo and hi, as 32-bit lanes lo0 hi0 lo1 hi1 ...
+ANOISE_VINLINE vu pack_pair(vq lo, vq hi) { return blend_odd((vu)lo, (vu)(hi << 32)); }
+
+// Triton's uint_to_uniform_float.
+ANOISE_VINLINE vf uniform(vu w) {
+  vi v = (vi)w;
   v ^= v >> 31;  // ~v for negative v
-  return (float)v * kUniformScale;
+  return to_vf(v) * kUniformScale;
 }
 
-// Selects below are written as integer bit operations: a float value chosen by an int
-// condition (or the reverse) is not if-converted by gcc for AVX2/SSE, and the loop would stay
-// scalar.
-static inline __attribute__((always_inline)) float select_bits(uint32_t mask, float a, float b) {
-  return u2f((f2u(a) & mask) | (f2u(b) & ~mask));
+// -2 ln(x) for x in [1e-7, 1) (normal, positive): x = m * 2^e with m in [sqrt(1/2), sqrt(2))
+// split on the bits, then -2 ln(m) = f * P(f) with f = m - 1 (exact) and P a degree-7 minimax
+// fit in relative error (2.6e-7 in float32), so small radii keep their relative accuracy.
+ANOISE_VINLINE vf minus_2_log(vf x) {
+  const vi i = (vi)x - 0x3F3504F3;  // bits relative to those of sqrt(1/2)
+  const vi e = i >> 23;
+  const vf f = (vf)((i & 0x007FFFFF) + 0x3F3504F3) - 1.0f;
+  vf p = bc(2.021369487e-1f);
+  p = madd(p, f, bc(-3.244514167e-1f));
+  p = madd(p, f, bc(3.450168073e-1f));
+  p = madd(p, f, bc(-3.980033398e-1f));
+  p = madd(p, f, bc(4.993981719e-1f));
+  p = madd(p, f, bc(-6.667011976e-1f));
+  p = madd(p, f, bc(1.000007272f));
+  p = madd(p, f, bc(-1.999999881f));
+  return madd(to_vf(e), bc(-1.3862943611f), p * f);  // -2 ln 2 = -1.3862943611
 }
 
-// Natural log for x in [1e-7, 1) (normal, positive): Cephes logf.
-static inline __attribute__((always_inline)) float log_approx(float x) {
-  const uint32_t b = f2u(x);
-  const uint32_t bm = (b & 0x007FFFFFu) | 0x3F000000u;  // x = m * 2^e, m in [0.5, 1)
-  const float m0 = u2f(bm);
-  // m < sqrt(1/2): use 2m - 1 and e - 1, keeping the argument in [-0.29, 0.41].
-  const uint32_t below = bm < 0x3F3504F3u ? 0xFFFFFFFFu : 0u;
-  const int32_t e = (int32_t)(b >> 23) - 126 + (int32_t)below;  // below is -1 as int32
-  const float m = (m0 - 1.0f) + u2f(bm & below);
-  const float z = m * m;
-  float p = 7.0376836292e-2f;
-  p = p * m - 1.1514610310e-1f;
-  p = p * m + 1.1676998740e-1f;
-  p = p * m - 1.2420140846e-1f;
-  p = p * m + 1.4249322787e-1f;
-  p = p * m - 1.6668057665e-1f;
-  p = p * m + 2.0000714765e-1f;
-  p = p * m - 2.4999993993e-1f;
-  p = p * m + 3.3333331174e-1f;
-  const float fe = (float)e;
-  float y = p * m * z;
-  y += fe * -2.12194440e-4f;  // ln 2 split in two so that fe * ln2 is exact
-  y += -0.5f * z;
-  return (m + y) + fe * 0.693359375f;
-}
-
-// cos(t) for t in [0, 2*pi + 1): quadrant reduction with a three-part pi/2 whose leading parts
+// sin and cos of t in [0, 2*pi]: quadrant reduction with a three-part pi/2 whose leading parts
 // have few mantissa bits (k * part is exact), then Cephes' sinf/cosf polynomials.
-static inline __attribute__((always_inline)) float cos_approx(float t) {
-  const int32_t k = (int32_t)(t * 0.636619772367581343f + 0.5f);
-  const float fk = (float)k;
-  float r = t - fk * 1.5703125f;
-  r = r - fk * 4.837512969970703125e-4f;
-  r = r - fk * 7.54978995489188216e-8f;
-  const float z = r * r;
-  const float c =
-      ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z -
-      0.5f * z + 1.0f;
-  const float s = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r + r;
-  // Quadrants 0..3: cos, -sin, -cos, sin.
-  const uint32_t odd = 0u - ((uint32_t)k & 1u);
-  const uint32_t sign = ((uint32_t)(k + 1) & 2u) << 30;
-  return u2f(f2u(select_bits(odd, s, c)) ^ sign);
+ANOISE_VINLINE void sincos_approx(vf t, vf& sin_t, vf& cos_t) {
+  constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const vf kf = madd(t, bc(0.636619772367581343f), bc(kRound));
+  const vu k = (vu)kf;  // the low bits of kf's mantissa are k = round(t * 2/pi)
+  const vf fk = kf - kRound;
+  vf r = madd(fk, bc(-1.5703125f), t);
+  r = madd(fk, bc(-4.837512969970703125e-4f), r);
+  r = madd(fk, bc(-7.54978995489188216e-8f), r);
+  const vf z = r * r;
+  vf ps = madd(z, bc(-1.9515295891e-4f), bc(8.3321608736e-3f));
+  ps = madd(ps, z, bc(-1.6666654611e-1f));
+  const vf s = madd(ps * z, r, r);
+  vf pc = madd(z, bc(2.443315711809948e-5f), bc(-1.388731625493765e-3f));
+  pc = madd(pc, z, bc(4.166664568298827e-2f));
+  const vf c = madd(pc * z, z, madd(z, bc(-0.5f), bc(1.0f)));
+  // Quadrants 0..3: (sin, cos) = (s, c), (c, -s), (-s, -c), (-c, s): swap for odd k, sin
+  // negative for k & 2, cos negative where that differs from k & 1.
+  const vu odd = k << 31;
+  const vu sin_sign = (k << 30) & 0x80000000u;
+  sin_t = (vf)((vu)select_sign((vi)odd, c, s) ^ sin_sign);
+  cos_t = (vf)((vu)select_sign((vi)odd, s, c) ^ sin_sign ^ odd);
 }
 
-// The first output of Triton's pair_uniform_to_normal.
-static inline __attribute__((always_inline)) float box_muller(uint32_t w0, uint32_t w1) {
-  // max(u1, 1e-7) on the bits (both are non-negative): a float compare here makes gcc thread
-  // jumps into log_approx's select and give up vectorising.
-  uint32_t b1 = f2u(uniform(w0));
-  b1 = b1 < f2u(kMinU1) ? f2u(kMinU1) : b1;
-  const float u1 = u2f(b1);
-  const float u2 = uniform(w1);
-  const float radius = __builtin_sqrtf(-2.0f * log_approx(u1));
-  return radius * cos_approx(kTwoPi * u2);
+// Box-Muller on the pairs of the 32-bit lanes of wa (first words) and wb (second words):
+// r cos t and r sin t of each pair.
+ANOISE_VINLINE void box_muller(vu wa, vu wb, vf& n_cos, vf& n_sin) {
+  const vf radius = vsqrt(minus_2_log(vmax(uniform(wa), bc(kMinU1))));
+  vf s, c;
+  sincos_approx(uniform(wb) * kTwoPi, s, c);
+  n_cos = radius * c;
+  n_sin = radius * s;
 }
 
-// eps for logical index i of a call keyed by the 64-bit seed.
-static inline __attribute__((always_inline)) float randn_at(uint64_t i, uint32_t k0, uint32_t k1) {
-#if defined(ANOISE_PHILOX_WIDE)
-  const Words w = philox_wide(i, k0, k1);
-#else
-  const Words w = philox(i, k0, k1);
-#endif
-  return box_muller(w.w0, w.w1);
+// One draw of the groups in the lanes of g: words, uniforms and normals.  Lane order of the
+// 32-bit vectors: a pair per lane, pairs (u0, u1) and (u2, u3) of group 0, then of group 1, ...
+struct Draw {
+  vq w[4];
+  vf ua, ub;        // first and second uniform of each pair
+  vf n_cos, n_sin;  // r cos t and r sin t of each pair
+};
+
+ANOISE_VINLINE Draw draw(vq g, const Key& key) {
+  Draw d;
+  philox4(g, key, d.w);
+  const vu wa = pack_pair(d.w[0], d.w[2]), wb = pack_pair(d.w[1], d.w[3]);
+  d.ua = uniform(wa);
+  d.ub = uniform(wb);
+  box_muller(wa, wb, d.n_cos, d.n_sin);
+  return d;
 }
 
+// fill_groups works in stages of kStage draws: Philox for all of them into a small buffer, then
+// Box-Muller.  A whole draw is one chain of about 140 cycles of dependent instructions, too long
+// for the out-of-order window to overlap many; the stages' shorter loop bodies, with
+// kPhiloxChains independent Philox calls interleaved, keep more of them in flight (on Zen 3,
+// 1.2x the throughput of whole draws; more chains spill registers).
+constexpr int kStage = 16;
+constexpr int kPhiloxChains = 4;
+
+// out[0 .. 4 * ngroups) = the normals of groups g0, g0 + 1, ... (element indices 4 * g0 ...).
+ANOISE_VINLINE void fill_groups(float* out, uint64_t g0, int64_t ngroups, const Key& key) {
+  vu wa[kStage], wb[kStage];
+  for (int64_t j = 0; j < ngroups; j += kStage * kQuads) {
+    const int64_t left = ngroups - j;
+    const int64_t full = left >= kStage * kQuads ? kStage : left / kQuads;
+    const int64_t nv = full < kStage && full * kQuads < left ? full + 1 : full;
+    const auto words = [&](int64_t v, vq w[4]) {
+      philox4(iota_q() + (g0 + (uint64_t)(j + v * kQuads)), key, w);
+      wa[v] = pack_pair(w[0], w[2]);
+      wb[v] = pack_pair(w[1], w[3]);
+    };
+    int64_t v = 0;
+    for (; v + kPhiloxChains <= nv; v += kPhiloxChains) {
+      vq w[kPhiloxChains][4];
+#pragma GCC unroll 4
+      for (int u = 0; u < kPhiloxChains; ++u) words(v + u, w[u]);
+    }
+    for (; v < nv; ++v) {
+      vq w[4];
+      words(v, w);
+    }
+    float* o = out + 4 * j;
+    for (v = 0; v < full; ++v, o += 2 * kLanes) {
+      vf c, s;
+      box_muller(wa[v], wb[v], c, s);
+      storef(o, zip_lo(c, s));
+      storef(o + kLanes, zip_hi(c, s));
+    }
+    if (v < nv) {  // the last, partial draw
+      vf c, s;
+      box_muller(wa[v], wb[v], c, s);
+      float tmp[2 * kLanes];
+      storef(tmp, zip_lo(c, s));
+      storef(tmp + kLanes, zip_hi(c, s));
+      __builtin_memcpy(o, tmp, (uint64_t)(4 * (left - v * kQuads)) * sizeof(float));
+    }
+  }
+}
+
+// Noise blocks: eps for n consecutive element indices i .. i + n - 1, whole groups drawn into buf;
+// the returned pointer is eps(i).  buf needs noise_buf_floats(n) floats.
+constexpr int64_t noise_buf_floats(int64_t n) { return n + 8; }
+
+ANOISE_VINLINE const float* noise_block(float* buf, uint64_t i, int64_t n, const Key& key) {
+  const int64_t head = (int64_t)(i & 3u);
+  fill_groups(buf, i >> 2, (head + n + 3) >> 2, key);
+  return buf + head;
+}
+
+}  // namespace ANOISE_ISA
 }  // namespace anoise_cpu
