@@ -2,8 +2,8 @@
 
 Each launcher takes ``(N, C, S)`` views of any strides and returns outputs laid out like the
 input (``torch.empty_like``).  ``index_base`` shifts every element's noise index (element ``i``
-draws ``randn(seed, index_base + i)``); it is 0 in normal use and lets tests drive the 64-bit
-index path on small tensors.
+draws the stream at ``index_base + i``, SPEC section 3): a rank's offset in a global batch, and
+in tests the way to reach indices past 2**32 on small tensors.
 """
 
 from __future__ import annotations
@@ -49,6 +49,17 @@ def _check3(name: str, t: torch.Tensor) -> None:
         raise ValueError(f"{name} must be an (N, C, S) view, got shape {tuple(t.shape)}")
 
 
+def _check_base(index_base: int) -> None:
+    if not 0 <= index_base < 2**62:
+        raise ValueError(f"index_base must be >= 0 and < 2**62, got {index_base}")
+
+
+def _kernel_view(t):
+    """A ``(N, 1, 1)`` view as ``(1, 1, N)``: the same elements and logical indices, with the
+    noise groups along the last axis (the kernels' fast case) instead of along ``N``."""
+    return t.permute(1, 2, 0) if t is not None and t.shape[1] == 1 and t.shape[2] == 1 else t
+
+
 def _check_seed(seed: torch.Tensor, like: torch.Tensor) -> None:
     if seed.dtype != torch.int64 or seed.numel() != 1 or seed.device != like.device:
         raise ValueError(
@@ -78,11 +89,16 @@ def _tiling(p, **units):
                 **units)
 
 
+def _groups(p):
+    return dict(GD=p.group_dim, ALIGNED=p.aligned)
+
+
 @_on_input_device
 def forward_batch(x3, alpha, seed, eps, *, index_base: int = 0):
     """``(y3, mean, var)``: batch statistics (var biased) and ``y = x + alpha*sigma*eps``."""
     _check3("x3", x3)
     _check_seed(seed, x3)
+    _check_base(index_base)
     N, C, S = x3.shape
     sd = _stats_dtype(x3.dtype)
     y3 = torch.empty_like(x3)
@@ -92,26 +108,30 @@ def forward_batch(x3, alpha, seed, eps, *, index_base: int = 0):
         return y3, mean.fill_(float("nan")), var.fill_(float("nan"))
     alpha = _per_channel(alpha, C, sd)
     eps_hi, eps_lo = _eps_split(eps, x3.dtype)
-    p = plan(x3, y3, index_base=index_base)
-    tiling = _tiling(p, UNIT_X=unit_dim(x3), UNIT_Y=unit_dim(y3))
-    args = (N, C, S, *x3.stride(), *y3.stride(), eps_hi, eps_lo, index_base, p.tiles_s, p.tiles,
-            p.tiles_per_program)
+    xk, yk = _kernel_view(x3), _kernel_view(y3)
+    p = plan(xk, yk, index_base=index_base)
+    tiling = _tiling(p, UNIT_X=unit_dim(xk), UNIT_Y=unit_dim(yk))
+    args = (*xk.shape, *xk.stride(), *yk.stride(), eps_hi, eps_lo, index_base, p.tiles_s,
+            p.tiles, p.tiles_per_program)
+    noise = (p.noise_tiles_s, p.noise_tiles)
     acc = _acc(x3.dtype)
     if p.chunks == 1:
         K.stats_kernel[(p.channel_blocks,)](
-            x3, y3, alpha, seed, mean, var, mean, *args, 1, ACC=acc, FUSED=True, **tiling
+            xk, yk, alpha, seed, mean, var, mean, *args, 1, *noise, ACC=acc, FUSED=True,
+            **tiling, **_groups(p)
         )
         return y3, mean, var
     part = torch.empty((3, p.chunks, C), dtype=sd, device=x3.device)
     K.stats_kernel[(p.channel_blocks * p.chunks,)](
-        x3, y3, alpha, seed, mean, var, part, *args, p.chunks, ACC=acc, FUSED=False, **tiling
+        xk, yk, alpha, seed, mean, var, part, *args, p.chunks, *noise, ACC=acc, FUSED=False,
+        **tiling, **_groups(p)
     )
     scale = torch.empty_like(mean)
     bc, bk = _combine_blocks(C, p.chunks)
     K.combine_stats_kernel[(triton.cdiv(C, bc),)](
         part, alpha, mean, var, scale, C, p.chunks, eps_hi, eps_lo, BC=bc, BK=bk, ACC=acc
     )
-    _inject(x3, y3, scale, seed, p, index_base, tiling)
+    _inject(xk, yk, scale, seed, p, index_base, tiling)
     return y3, mean, var
 
 
@@ -120,26 +140,30 @@ def forward_scaled(x3, scale, seed, *, index_base: int = 0):
     """``y = x + scale_c * eps`` (running statistics in eval)."""
     _check3("x3", x3)
     _check_seed(seed, x3)
+    _check_base(index_base)
     y3 = torch.empty_like(x3)
     if x3.numel() == 0:
         return y3
     scale = _per_channel(scale, x3.shape[1], _stats_dtype(x3.dtype))
-    p = plan(x3, y3, index_base=index_base)
-    _inject(x3, y3, scale, seed, p, index_base,
-            _tiling(p, UNIT_X=unit_dim(x3), UNIT_Y=unit_dim(y3)))
+    xk, yk = _kernel_view(x3), _kernel_view(y3)
+    p = plan(xk, yk, index_base=index_base)
+    _inject(xk, yk, scale, seed, p, index_base,
+            _tiling(p, UNIT_X=unit_dim(xk), UNIT_Y=unit_dim(yk)))
     return y3
 
 
 def _inject(x3, y3, scale, seed, p, index_base, tiling):
     N, C, S = x3.shape
-    K.inject_kernel[(p.channel_blocks * p.tiles,)](
-        x3, y3, scale, seed, N, C, S, *x3.stride(), *y3.stride(), index_base, p.tiles_s,
-        ACC=_acc(x3.dtype), **tiling
+    P = min(p.elementwise_programs, p.noise_tiles)
+    K.inject_kernel[(p.channel_blocks * P,)](
+        x3, y3, scale, seed, N, C, S, *x3.stride(), *y3.stride(), index_base, p.noise_tiles_s,
+        p.noise_tiles, P, ACC=_acc(x3.dtype), **tiling, **_groups(p)
     )
 
 
 def _reduce_noise(dy3, x3, dx3, seed, alpha, mean, sigma, g, index_base, want_dx):
     """Run noise_dot_kernel; returns the plan and, when split, the partial sums."""
+    dy3, x3, dx3 = _kernel_view(dy3), _kernel_view(x3), _kernel_view(dx3)
     N, C, S = dy3.shape
     # Tile order from dy's layout unless dy has no unit stride (e.g. the expanded gradient of a
     # sum, all strides 0).
@@ -161,8 +185,8 @@ def _reduce_noise(dy3, x3, dx3, seed, alpha, mean, sigma, g, index_base, want_dx
         dy3, x3 if x3 is not None else dy3, dx3 if dx3 is not None else dy3, seed,
         alpha if alpha is not None else g, mean if mean is not None else g,
         sigma if sigma is not None else g, g, part, N, C, S, *dy3.stride(), *xs, *os_,
-        index_base, N * S, p.tiles_s, p.tiles, p.tiles_per_program,
-        ACC=_acc(dy3.dtype), MODE=mode, **tiling,
+        index_base, N * S, p.noise_tiles_s, p.noise_tiles, p.noise_tiles_per_program,
+        p.tiles_s, p.tiles, ACC=_acc(dy3.dtype), MODE=mode, **tiling, **_groups(p),
     )
     return p, (None if fused else part), tiling
 
@@ -172,6 +196,7 @@ def noise_dot(dy3, seed, *, index_base: int = 0):
     """``g_c = sum(dy * eps)`` over channel ``c``."""
     _check3("dy3", dy3)
     _check_seed(seed, dy3)
+    _check_base(index_base)
     C = dy3.shape[1]
     g = dy3.new_empty((C,), dtype=_stats_dtype(dy3.dtype))
     if dy3.numel() == 0:
@@ -188,6 +213,7 @@ def backward_batch(dy3, x3, alpha, mean, sigma, seed, *, index_base: int = 0):
     _check3("dy3", dy3)
     _check3("x3", x3)
     _check_seed(seed, dy3)
+    _check_base(index_base)
     if dy3.shape != x3.shape:
         raise ValueError(f"dy3 {tuple(dy3.shape)} and x3 {tuple(x3.shape)} must match")
     N, C, S = dy3.shape
@@ -202,9 +228,10 @@ def backward_batch(dy3, x3, alpha, mean, sigma, seed, *, index_base: int = 0):
         return dx3, g
     coef = torch.empty_like(g)
     _combine_g(part, g, alpha, sigma, coef, N * S)
-    K.dx_kernel[(p.channel_blocks * p.tiles,)](
-        dy3, x3, dx3, coef, mean, N, C, S, *dy3.stride(), *x3.stride(), *dx3.stride(),
-        p.tiles_s, ACC=_acc(dy3.dtype), **tiling,
+    dyk, xk, dxk = _kernel_view(dy3), _kernel_view(x3), _kernel_view(dx3)
+    K.dx_kernel[(p.channel_blocks * p.elementwise_programs,)](
+        dyk, xk, dxk, coef, mean, *dyk.shape, *dyk.stride(), *xk.stride(), *dxk.stride(),
+        p.tiles_s, p.tiles, p.elementwise_programs, ACC=_acc(dy3.dtype), **tiling,
     )
     return dx3, g
 
@@ -220,23 +247,26 @@ def _combine_g(part, g, alpha, sigma, coef, M):
 
 
 @_on_input_device
-def philox_at(offsets: torch.Tensor, seed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(words, rand, randn)`` of the noise stream at int64 ``offsets`` (for tests).
+def philox_at(groups: torch.Tensor, seed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(words, rand4, randn4)`` of the noise stream at int64 group indices, as the kernels
+    compute them (for tests): ``tl.randint4x``, ``tl.rand4x`` and ``tl.randn4x``.
 
-    ``words`` is int64 ``(n, 4)`` in ``[0, 2**32)`` (``tl.randint4x``), ``rand`` and ``randn``
-    float32 ``(n,)``; ``seed`` an int in ``[0, 2**64)`` or a (1,) int64 tensor.
+    Each output is ``(n, 4)``: ``words`` int64 in ``[0, 2**32)``, the others float32.  Element
+    ``i`` of a call draws ``randn4[i >> 2, i & 3]``.  ``seed`` is an int in ``[0, 2**64)`` or a
+    (1,) int64 tensor.
     """
-    offsets = offsets.to(torch.int64).contiguous().view(-1)
+    groups = groups.to(torch.int64).contiguous().view(-1)
     if not isinstance(seed, torch.Tensor):
         seed = int(seed)
         signed = seed - 2**64 if seed >= 2**63 else seed
-        seed = torch.tensor([signed], dtype=torch.int64, device=offsets.device)
-    n = offsets.numel()
-    words = torch.empty((n, 4), dtype=torch.int32, device=offsets.device)
-    rand = torch.empty(n, dtype=torch.float32, device=offsets.device)
-    randn = torch.empty(n, dtype=torch.float32, device=offsets.device)
+        seed = torch.tensor([signed], dtype=torch.int64, device=groups.device)
+    n = groups.numel()
+    words = torch.empty((n, 4), dtype=torch.int32, device=groups.device)
+    rand = torch.empty((n, 4), dtype=torch.float32, device=groups.device)
+    randn = torch.empty((n, 4), dtype=torch.float32, device=groups.device)
     if n:
-        block = 256
-        K.philox_kernel[(triton.cdiv(n, block),)](offsets, seed, words, rand, randn, n,
+        # Few large programs when interpreted (each costs interpreter overhead).
+        block = 256 if groups.is_cuda else min(triton.next_power_of_2(n), 1 << 16)
+        K.philox_kernel[(triton.cdiv(n, block),)](groups, seed, words, rand, randn, n,
                                                   BLOCK=block)
     return words.to(torch.int64) & 0xFFFFFFFF, rand, randn

@@ -117,8 +117,8 @@ def test_float64_math_with_the_kernels_noise(device, layout, cfg):
     with K.configure(**CONFIGS[cfg]):
         y = AF.adaptive_noise(xt, alpha, seed=SEED, backend="triton")
         y.backward(dy)
-        eps = K.philox_at(torch.arange(x.numel(), device=device), SEED)[2]
-    eps = eps.double().view(x.shape)
+        eps = K.philox_at(torch.arange(-(-x.numel() // 4), device=device), SEED)[2]
+    eps = eps.double().view(-1)[: x.numel()].view(x.shape)
     mu = x.mean((0, 2, 3), keepdim=True)
     sigma = torch.sqrt(x.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5)
     a = alpha.detach().view(shape)
@@ -228,24 +228,39 @@ def test_split_matches_fused_and_is_deterministic(device):
     torch.testing.assert_close(g1.double(), g_ref, atol=1e-4, rtol=1e-5)
 
 
+def _f32_hex(t):
+    return [[f"{v & 0xFFFFFFFF:08x}" for v in row] for row in t.cpu().view(torch.int32).tolist()]
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_noise_stream_matches_triton_vectors(device, philox_vectors):
-    for case in philox_vectors:
-        offsets = torch.tensor(case["offsets"], dtype=torch.int64, device=device)
-        words, rand, randn = K.philox_at(offsets, case["seed"])
+def test_noise_stream_matches_triton_vectors(device, philox4_vectors):
+    """The kernels' stream against draws of tl.randint4x / rand4x / randn4x made by Triton."""
+    for case in philox4_vectors:
+        groups = torch.tensor(case["groups"], dtype=torch.int64, device=device)
+        words, rand4, randn4 = K.philox_at(groups, case["seed"])
         assert words.cpu().tolist() == case["words"], case["seed"]
-        bits = [v & 0xFFFFFFFF for v in rand.cpu().view(torch.int32).tolist()]
-        assert [f"{b:08x}" for b in bits] == case["rand_f32_hex"]
+        assert _f32_hex(rand4) == case["rand4_f32_hex"], case["seed"]
+        expected = torch.tensor(case["randn4"], dtype=torch.float64)
+        torch.testing.assert_close(randn4.cpu().double(), expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_component_0_is_the_earlier_stream(device, philox_vectors):
+    for case in philox_vectors:
+        groups = torch.tensor(case["offsets"], dtype=torch.int64, device=device)
+        words, rand4, randn4 = K.philox_at(groups, case["seed"])
+        assert words.cpu().tolist() == case["words"], case["seed"]
+        assert [row[0] for row in _f32_hex(rand4)] == case["rand_f32_hex"]
         expected = torch.tensor(case["randn"], dtype=torch.float64)
-        torch.testing.assert_close(randn.cpu().double(), expected, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(randn4[:, 0].cpu().double(), expected, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", [0, 2**63 + 12345, 2**64 - 1])
 def test_seed_bits_above_63(device, seed):
-    offsets = torch.arange(0, 3000, 7, device=device)
-    _, _, randn = K.philox_at(offsets, seed)
-    torch.testing.assert_close(randn.cpu(), philox.philox_normal(seed, offsets.cpu()),
+    groups = torch.arange(0, 3000, 7, device=device)
+    _, _, randn4 = K.philox_at(groups, seed)
+    torch.testing.assert_close(randn4.cpu(), philox.philox_normal4(seed, groups.cpu()),
                                atol=1e-5, rtol=1e-5)
 
 
