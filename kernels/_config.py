@@ -45,7 +45,7 @@ class KernelConfig:
     program_overhead: the fixed cost of a program, in elements, traded against padding when
         choosing the tile shape (default 128 on GPU; 2**16 interpreted, where programs are
         expensive).
-    num_warps: forced warps per program (default: one warp per 256 tile elements, 1..16).
+    num_warps: forced warps per program (default: one warp per 512 tile elements, 1..16).
     force_int64: use 64-bit index arithmetic even when 32 bits would do.
     elementwise_programs: programs per channel block in the elementwise kernels (noise
         injection, ``dx``), each taking every ``P``-th tile; default: enough for
@@ -236,7 +236,9 @@ def plan(x3: torch.Tensor, *others: torch.Tensor, index_base: int = 0) -> Plan:
         + [_max_offset(t.shape, t.stride()) + tile_elems for t in (x3, *others)]
     )
     int64 = config.force_int64 or largest > _INT32_LIMIT
-    num_warps = config.num_warps or min(max(tile_elems // 256, 1), 16)
+    # 16 elements per thread: a thread's four groups amortise the loops' per-tile work and
+    # give the Philox chains instruction-level parallelism.
+    num_warps = config.num_warps or min(max(tile_elems // 512, 1), 16)
     if config.elementwise_programs is not None:
         programs = config.elementwise_programs
     elif on_gpu:

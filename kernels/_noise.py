@@ -72,11 +72,15 @@ def philox_words(k0, k1, g, INT64: tl.constexpr):
 
 
 @triton.jit
+def _unsigned_float(w):
+    v = w.to(tl.int32, bitcast=True)
+    return (v ^ (v >> 31)).to(tl.float32)  # ~v where v < 0
+
+
+@triton.jit
 def uniform(w):
     """``tl.rand``'s float32 in ``[0, 1)`` from a 32-bit word (bit-exact)."""
-    v = w.to(tl.int32, bitcast=True)
-    v = v ^ (v >> 31)  # ~v where v < 0
-    return v.to(tl.float32) * _UNIFORM_SCALE
+    return _unsigned_float(w) * _UNIFORM_SCALE
 
 
 @triton.jit
@@ -99,40 +103,56 @@ def _neg2log(u):
 
 
 @triton.jit
-def _cos_sin_2pi(v):
-    """``(cos(2 pi v), sin(2 pi v))`` for ``v`` in ``[0, 1)``, up to a common sign: returns
-    ``(c, s, sign)`` with ``sign`` the sign bit (int32) to apply to both."""
-    t = v * 2.0 + 12582912.0  # 1.5 * 2**23: rounds 2v to an integer q in the low bits
-    f = (t - 12582912.0) * -0.5 + v  # v - q/2, exact, in [-1/4, 1/4]
+def _cos_sin_2pi(w):
+    """``(cos(2 pi v), sin(2 pi v))`` of the uniform ``v`` of word ``w``, up to a common sign:
+    returns ``(c, s, sign)`` with ``sign`` the sign bit (int32) to apply to both.
+
+    Reduced exactly in ``v`` (not in radians): ``2v = q + f`` with ``q`` an integer and
+    ``|f| <= 1/2``, then ``cos(2 pi v) = (-1)**q cos(pi f)`` and likewise for ``sin``.  ``2v``
+    is formed from the word's integer in one rounding instead of through the rounded
+    uniform, which moves the angle by at most 2 pi * 2**-25 (1.9e-7 rad)."""
+    v = _unsigned_float(w)
+    t = v * (2.0 * _UNIFORM_SCALE) + 12582912.0  # + 1.5 * 2**23: q in the low bits
+    f = v * (2.0 * _UNIFORM_SCALE) - (t - 12582912.0)  # one fused multiply-add on the GPU
     z = f * f
-    s = 39.536705
-    s = s * z + -76.549782
-    s = s * z + 81.601006
-    s = s * z + -41.341656
-    s = s * z + 6.2831850
-    c = 56.242378
-    c = c * z + -85.240334
-    c = c * z + 64.934598
-    c = c * z + -19.739172
+    s = 0.077220127
+    s = s * z + -0.59804517
+    s = s * z + 2.5500314
+    s = s * z + -5.1677070
+    s = s * z + 3.1415925
+    c = 0.21969679
+    c = c * z + -1.3318802
+    c = c * z + 4.0584121
+    c = c * z + -4.9347930
     c = c * z + 0.99999994
     return c, s * f, t.to(tl.int32, bitcast=True) << 31
 
 
 @triton.jit
-def _box_muller(u1, u2):
+def _box_muller(u1, w2):
+    """Box-Muller on the uniform ``u1`` and the word ``w2`` of the angle, in polar form:
+    ``(r, c, s)`` with normals ``r * c`` and ``r * s``."""
     r = tl.sqrt(_neg2log(tl.maximum(u1, 1.0e-7)))
-    c, s, sign = _cos_sin_2pi(u2)
-    r = (r.to(tl.int32, bitcast=True) ^ sign).to(tl.float32, bitcast=True)
-    return r * c, r * s
+    c, s, sign = _cos_sin_2pi(w2)
+    return (r.to(tl.int32, bitcast=True) ^ sign).to(tl.float32, bitcast=True), c, s
+
+
+@triton.jit
+def polar4(k0, k1, g, INT64: tl.constexpr):
+    """The normals of groups ``g`` as ``(ra, ca, sa, rb, cb, sb)``: ``tl.randn4x(seed, g)`` is
+    ``(ra * ca, ra * sa, rb * cb, rb * sb)``.  A caller that scales the noise multiplies the
+    two radii instead of the four normals."""
+    w0, w1, w2, w3 = philox_words(k0, k1, g, INT64)
+    ra, ca, sa = _box_muller(uniform(w0), w1)
+    rb, cb, sb = _box_muller(uniform(w2), w3)
+    return ra, ca, sa, rb, cb, sb
 
 
 @triton.jit
 def normals4(k0, k1, g, INT64: tl.constexpr):
     """``tl.randn4x(seed, g)``: the four float32 normals of each group in ``g``."""
-    w0, w1, w2, w3 = philox_words(k0, k1, g, INT64)
-    n0, n1 = _box_muller(uniform(w0), uniform(w1))
-    n2, n3 = _box_muller(uniform(w2), uniform(w3))
-    return n0, n1, n2, n3
+    ra, ca, sa, rb, cb, sb = polar4(k0, k1, g, INT64)
+    return ra * ca, ra * sa, rb * cb, rb * sb
 
 
 @triton.jit
