@@ -198,7 +198,7 @@ def representative_launches():
     yield "channels_last bf16 split", fwd_bwd((64, 64, 16, 16), torch.bfloat16, "channels_last",
                                               chunks=8)
     yield "linear fp32 split", fwd_bwd((4096, 1024), torch.float32, chunks=4)
-    yield "nchw fp64 int64 split", fwd_bwd((8, 16, 8, 8), torch.float64, chunks=2,
+    yield "nchw fp64 int64 split", fwd_bwd((64, 16, 16, 16), torch.float64, chunks=2,
                                            force_int64=True)
     # Rows that do not start on a group: S = 49, an odd index base, C % 4 != 0 with S == 1.
     yield "nchw 7x7 fp32 shifted fused", fwd_bwd((64, 64, 7, 7), torch.float32, chunks=1)

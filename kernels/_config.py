@@ -45,7 +45,8 @@ class KernelConfig:
     program_overhead: the fixed cost of a program, in elements, traded against padding when
         choosing the tile shape (default 128 on GPU; 2**16 interpreted, where programs are
         expensive).
-    num_warps: forced warps per program (default: one warp per 512 tile elements, 1..16).
+    num_warps: forced warps per program (default: 16 tile elements per thread, 8 for
+        float64 or 64-bit indices; 1..16 warps).
     force_int64: use 64-bit index arithmetic even when 32 bits would do.
     elementwise_programs: programs per channel block in the elementwise kernels (noise
         injection, ``dx``), each taking every ``P``-th tile; default: enough for
@@ -237,8 +238,12 @@ def plan(x3: torch.Tensor, *others: torch.Tensor, index_base: int = 0) -> Plan:
     )
     int64 = config.force_int64 or largest > _INT32_LIMIT
     # 16 elements per thread: a thread's four groups amortise the loops' per-tile work and
-    # give the Philox chains instruction-level parallelism.
-    num_warps = config.num_warps or min(max(tile_elems // 512, 1), 16)
+    # give the Philox chains instruction-level parallelism.  8 with float64 or 64-bit indices
+    # (two registers per value), and with shifted rows or per-element groups, whose scalar
+    # accesses and masks hold a register per element.
+    narrow = not aligned or int64 or x3.element_size() > 4
+    per_thread = 8 if narrow else 16
+    num_warps = config.num_warps or min(max(tile_elems // (32 * per_thread), 1), 16)
     if config.elementwise_programs is not None:
         programs = config.elementwise_programs
     elif on_gpu:
