@@ -210,27 +210,45 @@ def representative_launches():
     yield "raw stream", lambda: _launch.philox_at(torch.arange(4096), 2**64 - 1)
 
 
-# The proxy's tensor: the shape of the CPU benchmarks, planned as on a GPU.
+# The proxy's tensors, planned as on a GPU: the CPU benchmarks' shape in NCHW (rows start on
+# noise groups), and for comparison the other layouts: channels_last, 7x7 maps (rows shifted
+# onto groups), (N, C) inputs with C a multiple of 4 and not (per-element groups).
 PROXY_SHAPE = (32, 64, 56, 56)
+PROXY_OTHERS = (("channels_last", (32, 64, 56, 56), "channels_last"),
+                ("7x7", (256, 512, 7, 7), "nchw"), ("linear", (4096, 1024), "nchw"),
+                ("linear C=10", (65536, 10), "nchw"))
 # Bytes a loop moves per element, in units of the element size.
 _LOOP_PASSES = {"statistics": 1, "inject": 2, "g": 1, "dx": 3}
 
 
-def proxy_launches():
-    """``(dtype, label, callable)``: fused and split launches of the proxy shape."""
+def proxy_launches(others: bool = True):
+    """``(dtype, layout, label, callable)``: fused and split launches of the proxy shape (and,
+    with ``others``, split launches of the other layouts in float32)."""
     for dtype in (torch.float32, torch.bfloat16):
         for label, chunks in (("fused", 1), ("split", 8)):
-            yield dtype, label, _fwd_bwd(PROXY_SHAPE, dtype, chunks=chunks)
+            yield dtype, "nchw", label, _fwd_bwd(PROXY_SHAPE, dtype, chunks=chunks)
+    if others:
+        for name, shape, layout in PROXY_OTHERS:
+            yield torch.float32, name, "split", _fwd_bwd(shape, torch.float32, layout, chunks=4)
 
 
-def proxy(arch: int = 90) -> list[dict]:
+def _variant(c: Compiled, label: str) -> str:
+    k = c.constexprs or {}
+    if c.kernel == "stats_kernel":
+        return "fused, then inject" if k.get("FUSED") else "split"
+    if c.kernel == "noise_dot_kernel":
+        return {0: "split", 1: "fused", 2: "fused, then dx"}[k.get("MODE")]
+    return "one pass" if label == "fused" else label
+
+
+def proxy(arch: int = 90, others: bool = True) -> list[dict]:
     """One record per hot loop: instructions per iteration and per element, implied roofs."""
     rows, seen = [], set()
-    for dtype, label, run in proxy_launches():
+    for dtype, layout, label, run in proxy_launches(others):
         with intercept(arch) as compiled:
             run()
         for c in compiled:
-            key = (dtype, c.kernel, tuple(sorted((c.constexprs or {}).items())))
+            key = (dtype, layout, c.kernel, tuple(sorted((c.constexprs or {}).items())))
             if key in seen:
                 continue
             seen.add(key)
@@ -240,11 +258,11 @@ def proxy(arch: int = 90) -> list[dict]:
                 shared = sum(bool(re.match(r"(@\S+ )?(STS|LDS|LDSM|BAR)\b", i)) for i in body)
                 nbytes = _LOOP_PASSES[loop] * torch.empty((), dtype=dtype).element_size()
                 rows.append(dict(
-                    loop=loop, kernel=c.kernel, variant=label, dtype=str(dtype).split(".")[-1],
-                    instructions=instrs, elements_per_thread=c.elements_per_thread(),
-                    per_element=round(per_elem, 2), regs=c.n_regs, local_bytes=c.local_bytes,
-                    vector_ops=c.vector_ops(), shared_memory_ops=shared,
-                    compute_roof=ISSUE_RATE / per_elem,
+                    loop=loop, kernel=c.kernel, variant=_variant(c, label), layout=layout,
+                    dtype=str(dtype).split(".")[-1], instructions=instrs,
+                    elements_per_thread=c.elements_per_thread(), per_element=round(per_elem, 2),
+                    regs=c.n_regs, local_bytes=c.local_bytes, vector_ops=c.vector_ops(),
+                    shared_memory_ops=shared, compute_roof=ISSUE_RATE / per_elem,
                     memory_roof=MEMORY_BANDWIDTH / nbytes, bytes_per_element=nbytes,
                 ))
     return rows
@@ -252,14 +270,14 @@ def proxy(arch: int = 90) -> list[dict]:
 
 def proxy_table(rows) -> str:
     """The proxy as a markdown table (elements/s in G)."""
-    out = ["| loop | kernel | dtype | SASS instr/element | compute roof | memory roof "
-           "(B/elem) | bound |", "|---|---|---|---|---|---|---|"]
+    out = ["| loop | kernel (variant) | layout | dtype | SASS instr/element | compute roof | "
+           "memory roof (B/elem) | bound |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         bound = "memory" if r["memory_roof"] <= r["compute_roof"] else "issue"
-        out.append(f"| {r['loop']} | {r['kernel']} ({r['variant']}) | {r['dtype']} | "
-                   f"{r['per_element']:.1f} ({r['instructions']}/{r['elements_per_thread']:g}) | "
-                   f"{r['compute_roof'] / 1e9:.0f} G/s | {r['memory_roof'] / 1e9:.0f} G/s "
-                   f"({r['bytes_per_element']}) | {bound} |")
+        out.append(f"| {r['loop']} | {r['kernel']} ({r['variant']}) | {r['layout']} | "
+                   f"{r['dtype']} | {r['per_element']:.1f} ({r['instructions']}/"
+                   f"{r['elements_per_thread']:g}) | {r['compute_roof'] / 1e9:.0f} G/s | "
+                   f"{r['memory_roof'] / 1e9:.0f} G/s ({r['bytes_per_element']}) | {bound} |")
     return "\n".join(out)
 
 
@@ -288,8 +306,8 @@ def main(argv=None):
         for r in rows:
             print(json.dumps(dict(proxy=True, **r)))
     else:
-        print(f"\nsm_{args.arch} proxy, {PROXY_SHAPE} NCHW contiguous, planned as on a GPU "
-              "(static SASS count, not a GPU measurement):\n")
+        print(f"\nsm_{args.arch} proxy, {PROXY_SHAPE} unless the layout says otherwise, planned "
+              "as on a GPU (a static SASS count, not a GPU measurement):\n")
         print(proxy_table(rows))
 
 
