@@ -177,8 +177,7 @@ def _max_offset(shape, strides) -> int:
 
 def group_layout(shape, index_base: int) -> tuple[int, bool]:
     """``(group_dim, aligned)`` of an ``(N, C, S)`` view (see kernels/_kernels.py)."""
-    N, C, S = shape
-    group_dim = 2 if S > 1 else 1
+    group_dim = 2 if shape[2] > 1 else 1
     return group_dim, shape[group_dim] % 4 == 0 and index_base % 4 == 0
 
 
