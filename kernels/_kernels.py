@@ -139,9 +139,9 @@ def _noise_tile(k0, k1, rows, tn, ts, C, S, base, scale, BN: tl.constexpr, BC: t
                 BS: tl.constexpr, INT64: tl.constexpr, GD: tl.constexpr,
                 ALIGNED: tl.constexpr):
     """``(radius, angle, r)`` of noise tile ``(tn, ts)``: ``eps * scale_c = radius * angle``
-    elementwise (the scale is applied to the two radii of each group rather than to its four
-    normals), and the shift of the tile's rows (``[BN, BC, 1]``, or 0 where rows start on a
-    group)."""
+    elementwise (in float32 the scale is applied to the two radii of each group rather than to
+    its four normals), and the shift of the tile's rows (``[BN, BC, 1]``, or 0 where rows start
+    on a group)."""
     if INT64:
         tn = tn.to(tl.int64)
         ts = ts.to(tl.int64)
@@ -159,21 +159,28 @@ def _noise_tile(k0, k1, rows, tn, ts, C, S, base, scale, BN: tl.constexpr, BC: t
     else:
         g = (rows + first) >> 2
     ra, ca, sa, rb, cb, sb = polar4(k0, k1, g, INT64)
-    ra = ra.to(scale.dtype)
-    rb = rb.to(scale.dtype)
-    if GD == 2:  # a group lies in one channel: scale its radii
-        ra = ra * scale
-        rb = rb * scale
-    if GD == 1 and not ALIGNED:
-        k = (rows + first) & 3
-        radius = tl.where(k < 2, ra, rb)
-        angle = component(ca, sa, cb, sb, k)
+    if scale.dtype == tl.float64:
+        # The noise is the float32 stream: round each normal before the float64 arithmetic.
+        if GD == 1 and not ALIGNED:
+            eps = component(ra * ca, ra * sa, rb * cb, rb * sb, (rows + first) & 3)
+        else:
+            eps = interleave4(ra * ca, ra * sa, rb * cb, rb * sb, [BN, BC, BS])
+        radius = eps.to(tl.float64) * scale
+        angle = 1.0
     else:
-        radius = interleave4(ra, ra, rb, rb, [BN, BC, BS])
-        angle = interleave4(ca, sa, cb, sb, [BN, BC, BS])
-    if GD == 1:
-        radius = radius * scale
-    return radius, angle.to(scale.dtype), r
+        if GD == 2:  # a group lies in one channel: scale its radii
+            ra = ra * scale
+            rb = rb * scale
+        if GD == 1 and not ALIGNED:
+            k = (rows + first) & 3
+            radius = tl.where(k < 2, ra, rb)
+            angle = component(ca, sa, cb, sb, k)
+        else:
+            radius = interleave4(ra, ra, rb, rb, [BN, BC, BS])
+            angle = interleave4(ca, sa, cb, sb, [BN, BC, BS])
+        if GD == 1:
+            radius = radius * scale
+    return radius, angle, r
 
 
 @triton.jit
