@@ -22,7 +22,7 @@ def _version(v: str) -> tuple[int, ...]:
 
 
 if _version(triton.__version__) < (3, 4):
-    # tl.randn's stream (SPEC section 3) is the one of Triton 3.4 and later.
+    # The stream (SPEC section 3) is tl.randn4x's as of Triton 3.4.
     raise ImportError(f"the triton backend needs triton>=3.4, found {triton.__version__}")
 
 from ._config import KernelConfig, config, configure  # noqa: E402

@@ -3,15 +3,41 @@
 All kernels address the ``(N, C, S)`` view through three strides per tensor, so any layout
 works without a copy; ``UNIT_*`` names the dim whose stride is 1 so the compiler sees the
 contiguity and vectorises.  Element ``(n, c, s)`` draws its noise at the logical index
-``(n * C + c) * S + s`` (plus ``base``, 0 except in tests of the 64-bit path) with
-``tl.randn(seed, index)``, the stream of SPEC section 3; the seed is read from device memory.
-``INT64`` switches index arithmetic to 64 bits (tensors or indices past 2**31).
+``i = (n * C + c) * S + s + base`` (``base``: the call's index offset, e.g. a rank's slice of
+a global batch): component ``i & 3`` of group ``i >> 2`` of the stream (:mod:`._noise`).  The
+seed is read from device memory.  ``INT64`` switches index arithmetic to 64 bits.
 
-Tile ``t`` of a channel block is tile ``(t // TS, t % TS)`` along ``(N, S)``; a reduction
-program owns tiles ``[k * TPP, (k + 1) * TPP)``.  Arithmetic is in ``ACC`` (float32, or
-float64 for float64 input); ``tl.randn`` is float32 and is cast.  Python floats reach a kernel
-as float32, so ``eps`` comes as ``eps + eps_lo`` (``eps_lo`` is the float32 rounding error,
-non-zero only for float64 input, where it keeps ``sigma`` exact to float64).
+Tiles.  A tile is ``[BN, BC, BS]`` elements; tile ``t`` of a channel block is tile
+``(t // TS, t % TS)`` along ``(N, S)``, and a reduction program owns tiles
+``[k * TPP, (k + 1) * TPP)``.  Offsets within a tile are computed once per program; a tile adds
+a scalar, so the loops carry no per-element index arithmetic beyond one add.  Tiles that draw
+noise are laid on the stream's groups so that one Philox call serves four elements of the tile
+(``GD``: the axis the groups run along):
+
+* ``GD == 2`` (``S > 1``): each ``(n, c)`` row's logical indices are consecutive along ``s``.
+  When a row does not start on a group (``S`` or ``base`` not a multiple of 4, ``ALIGNED``
+  false) the row's window is shifted left by ``r = row_start & 3``: ``s = ts * BS - r + p``, so
+  positions ``4q .. 4q+3`` of the tile are one group.  Such noise tiles cover ``S + 3``
+  positions per row (``TS`` counts them); the shifted-out positions are masked.
+* ``GD == 1`` (``S == 1``, ``(N, C)`` inputs): consecutive channels are consecutive indices.
+  With ``C`` and ``base`` multiples of 4 a channel block (``BC`` a multiple of 4) starts on a
+  group in every row.  Otherwise (``ALIGNED`` false) each element evaluates its own group and
+  takes its component: four times the work, for the rare ``(N, C)`` shapes with ``C`` not a
+  multiple of 4 (a per-row shift along ``c`` would move elements between channel blocks).
+
+Reductions and ``dx`` use unshifted tiles (``TSU`` along ``s``, ``R`` per channel block); the
+noise loops use ``TS`` and ``RN``.
+
+Divisibility.  Triton knows an integer argument's divisibility only up to 16 and only when the
+value itself is divisible, so a row stride of 196 (14x14 maps) would hide that rows start on
+16-byte boundaries and turn every vector access into four.  The launchers pass the extents
+divided by ``QN, QC, QS`` and the strides divided by ``Q`` (each the largest power of two up to
+16 that divides them); multiplying back by these constants tells the compiler.
+
+Arithmetic is in ``ACC`` (float32, or float64 for float64 input); the noise is float32 and is
+cast.  Python floats reach a kernel as float32, so ``eps`` comes as ``eps + eps_lo`` (``eps_lo``
+is the float32 rounding error, non-zero only for float64 input, where it keeps ``sigma`` exact
+to float64).
 """
 
 from __future__ import annotations
@@ -19,20 +45,22 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._noise import component, interleave4, normals4, philox_words, polar4, seed_key, uniform
+
 
 @triton.jit
-def _coords(t, cb, TS, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr, INT64: tl.constexpr):
-    """Index tensors ``(n, c, s)`` of tile ``t`` of channel block ``cb``, shaped to broadcast."""
+def _split(t, TS):
+    """Tile index ``t`` as ``(tn, ts)``: its position along ``N`` and along ``S``."""
     tn = t // TS
-    ts = t - tn * TS
-    if INT64:
-        tn = tn.to(tl.int64)
-        ts = ts.to(tl.int64)
-        cb = cb.to(tl.int64)
-    n = tn * BN + tl.arange(0, BN)[:, None, None]
-    c = cb * BC + tl.arange(0, BC)[None, :, None]
-    s = ts * BS + tl.arange(0, BS)[None, None, :]
-    return n, c, s
+    return tn, t - tn * TS
+
+
+@triton.jit
+def _advance(tn, ts, dn, ds, TS):
+    """``(tn, ts)`` moved on by ``dn * TS + ds`` tiles (``ds < TS``): no division in loops."""
+    ts = ts + ds
+    wrap = ts >= TS
+    return tn + dn + wrap.to(tl.int32), tl.where(wrap, ts - TS, ts)
 
 
 @triton.jit
@@ -46,6 +74,139 @@ def _addr(n, c, s, sn, sc, ss, UNIT: tl.constexpr):
     else:
         off = n * sn + c * sc + s * ss
     return off
+
+
+@triton.jit
+def _step(off, d, ss, UNIT: tl.constexpr):
+    """``off`` moved by ``d`` along ``s``."""
+    if UNIT == 2:
+        r = off + d
+    else:
+        r = off + d * ss
+    return r
+
+
+@triton.jit
+def _channels(cb, BC: tl.constexpr, INT64: tl.constexpr):
+    """Channel indices ``[1, BC, 1]`` of channel block ``cb``."""
+    if INT64:
+        cb = cb.to(tl.int64)
+    return cb * BC + tl.arange(0, BC)[None, :, None]
+
+
+@triton.jit
+def _local(c, sn, sc, ss, BN: tl.constexpr, BS: tl.constexpr, UNIT: tl.constexpr):
+    """Offsets of a tile's elements from the tile's corner ``(tn * BN, 0, ts * BS)``."""
+    return _addr(tl.arange(0, BN)[:, None, None], c, tl.arange(0, BS)[None, None, :], sn, sc, ss,
+                 UNIT)
+
+
+@triton.jit
+def _corner(tn, ts, sn, ss, BN: tl.constexpr, BS: tl.constexpr, UNIT: tl.constexpr,
+            INT64: tl.constexpr):
+    """Offset of tile ``(tn, ts)``'s corner."""
+    if INT64:
+        tn = tn.to(tl.int64)
+        ts = ts.to(tl.int64)
+    return _addr(tn * BN, 0, ts * BS, sn, 0, ss, UNIT)
+
+
+@triton.jit
+def _mask(cmask, tn, ts, N, S, BN: tl.constexpr, BS: tl.constexpr):
+    """In-range elements of the unshifted tile ``(tn, ts)``."""
+    return (cmask & (tl.arange(0, BN)[:, None, None] < N - tn * BN)
+            & (tl.arange(0, BS)[None, None, :] < S - ts * BS))
+
+
+@triton.jit
+def _noise_rows(c, cb, C, S, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
+                GD: tl.constexpr, ALIGNED: tl.constexpr):
+    """The loop-invariant part of a noise tile's group indices (see :func:`_noise_tile`)."""
+    a = tl.arange(0, BN)[:, None, None].to(c.dtype)
+    if GD == 2:
+        rows = (a * C + c) * S  # logical index of (a, c, 0) from the tile's corner row
+        if ALIGNED:
+            rows = (rows >> 2) + tl.arange(0, BS // 4)[None, None, :]
+    elif ALIGNED:
+        rows = ((a * C + cb * BC) >> 2) + tl.arange(0, BC // 4)[None, :, None]
+    else:
+        rows = a * C + c
+    return rows
+
+
+@triton.jit
+def _noise_tile(k0, k1, rows, tn, ts, C, S, base, scale, BN: tl.constexpr, BC: tl.constexpr,
+                BS: tl.constexpr, INT64: tl.constexpr, GD: tl.constexpr,
+                ALIGNED: tl.constexpr):
+    """``(radius, angle, r)`` of noise tile ``(tn, ts)``: ``eps * scale_c = radius * angle``
+    elementwise (in float32 the scale is applied to the two radii of each group rather than to
+    its four normals), and the shift of the tile's rows (``[BN, BC, 1]``, or 0 where rows start
+    on a group)."""
+    if INT64:
+        tn = tn.to(tl.int64)
+        ts = ts.to(tl.int64)
+    first = tn * BN * C * S + base  # logical index of the tile's corner row
+    r = 0
+    if GD == 2:
+        if ALIGNED:
+            g = rows + ((first >> 2) + ts * (BS // 4))
+        else:
+            row = rows + first
+            r = row & 3
+            g = (row >> 2) + (ts * (BS // 4) + tl.arange(0, BS // 4)[None, None, :])
+    elif ALIGNED:
+        g = rows + (first >> 2)
+    else:
+        g = (rows + first) >> 2
+    ra, ca, sa, rb, cb, sb = polar4(k0, k1, g, INT64)
+    if scale.dtype == tl.float64:
+        # The noise is the float32 stream: round each normal before the float64 arithmetic.
+        if GD == 1 and not ALIGNED:
+            eps = component(ra * ca, ra * sa, rb * cb, rb * sb, (rows + first) & 3)
+        else:
+            eps = interleave4(ra * ca, ra * sa, rb * cb, rb * sb, [BN, BC, BS])
+        radius = eps.to(tl.float64) * scale
+        angle = 1.0
+    else:
+        if GD == 2:  # a group lies in one channel: scale its radii
+            ra = ra * scale
+            rb = rb * scale
+        if GD == 1 and not ALIGNED:
+            k = (rows + first) & 3
+            radius = tl.where(k < 2, ra, rb)
+            angle = component(ca, sa, cb, sb, k)
+        else:
+            radius = interleave4(ra, ra, rb, rb, [BN, BC, BS])
+            angle = interleave4(ca, sa, cb, sb, [BN, BC, BS])
+        if GD == 1:
+            radius = radius * scale
+    return radius, angle, r
+
+
+@triton.jit
+def _narrow(ptr, UNIT: tl.constexpr, GD: tl.constexpr):
+    """Whether accesses through ``ptr`` along the group axis must be capped at 4 elements.
+
+    A thread holds a group's 4 noise values side by side.  A 16-bit dtype would otherwise be
+    accessed 8 per thread (16 bytes), a different register layout, and the compiler reconciles
+    the two through shared memory on every tile; 8-byte accesses stay coalesced.  (The hint
+    goes on the pointers at the access: it does not survive a function return, and on shared
+    loop-invariant offsets it would also narrow the other loops' accesses.)
+    """
+    return ptr.dtype.element_ty.primitive_bitwidth == 16 and UNIT == GD
+
+
+@triton.jit
+def _noise_mask(cmask, r, tn, ts, N, S, BN: tl.constexpr, BS: tl.constexpr,
+                SHIFTED: tl.constexpr):
+    """In-range elements of noise tile ``(tn, ts)`` (rows shifted by ``r``)."""
+    if SHIFTED:
+        p = tl.arange(0, BS)[None, None, :] - r
+        smask = (p >= -ts * BS) & (p < S - ts * BS)
+        mask = cmask & (tl.arange(0, BN)[:, None, None] < N - tn * BN) & smask
+    else:
+        mask = _mask(cmask, tn, ts, N, S, BN, BS)
+    return mask
 
 
 @triton.jit
@@ -65,24 +226,43 @@ def _sqrt(v, ACC: tl.constexpr):
 
 
 @triton.jit
-def _noise(seed, n, c, s, C, S, base, ACC: tl.constexpr):
-    idx = (n * C + c) * S + s + base
-    return tl.randn(seed, idx).to(ACC)
-
-
-@triton.jit
-def _inject_tile(x_ptr, y_ptr, seed, scale, t, cb, N, C, S, sxn, sxc, sxs, syn, syc, sys, base,
-                 TS, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
-                 UNIT_X: tl.constexpr, UNIT_Y: tl.constexpr, INT64: tl.constexpr,
-                 ACC: tl.constexpr):
-    """``y = x + scale_c * eps`` on one tile; ``y = x`` (bitwise) where ``scale_c == 0``."""
-    n, c, s = _coords(t, cb, TS, BN, BC, BS, INT64)
-    mask = (n < N) & (c < C) & (s < S)
-    x = tl.load(x_ptr + _addr(n, c, s, sxn, sxc, sxs, UNIT_X), mask=mask, other=0.0)
+def _inject_loop(x_ptr, y_ptr, k0, k1, scale, t0, t1, step, cb, N, C, S, sxn, sxc, sxs, syn,
+                 syc, sys, base, TS, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
+                 UNIT_X: tl.constexpr, UNIT_Y: tl.constexpr, SAME_Y: tl.constexpr,
+                 INT64: tl.constexpr, ACC: tl.constexpr, GD: tl.constexpr,
+                 ALIGNED: tl.constexpr):
+    """``y = x + scale_c * eps`` on noise tiles ``t0, t0 + step, ... < t1``; ``y = x``
+    (bitwise) where ``scale_c == 0``."""
+    SHIFTED: tl.constexpr = GD == 2 and not ALIGNED
+    c = _channels(cb, BC, INT64)
+    cmask = c < C
+    rows = _noise_rows(c, cb, C, S, BN, BC, BS, GD, ALIGNED)
+    ox = _local(c, sxn, sxc, sxs, BN, BS, UNIT_X)
+    oy = ox if SAME_Y else _local(c, syn, syc, sys, BN, BS, UNIT_Y)
     sc = scale[None, :, None]
-    y = (x.to(ACC) + sc * _noise(seed, n, c, s, C, S, base, ACC)).to(x.dtype)
-    y = tl.where(sc == 0, x, y)
-    tl.store(y_ptr + _addr(n, c, s, syn, syc, sys, UNIT_Y), y, mask=mask)
+    keep = sc == 0
+    tn, ts = _split(t0, TS)
+    dn, ds = _split(step, TS)
+    for _ in range(t0, t1, step):
+        radius, angle, r = _noise_tile(k0, k1, rows, tn, ts, C, S, base, sc, BN, BC, BS, INT64,
+                                       GD, ALIGNED)
+        mask = _noise_mask(cmask, r, tn, ts, N, S, BN, BS, SHIFTED)
+        px = x_ptr + _corner(tn, ts, sxn, sxs, BN, BS, UNIT_X, INT64) + _step(ox, -r, sxs, UNIT_X)
+        if _narrow(x_ptr, UNIT_X, GD):
+            px = tl.max_contiguous(px, [1, 1, 4] if GD == 2 else [1, 4, 1])
+        x = tl.load(px, mask=mask)  # lanes out of range are never stored
+        y = (x.to(ACC) + radius * angle).to(x.dtype)
+        y = tl.where(keep, x, y)
+        if SAME_Y:
+            py = y_ptr + _corner(tn, ts, sxn, sxs, BN, BS, UNIT_X, INT64)
+            py += _step(ox, -r, sxs, UNIT_X)
+        else:
+            py = y_ptr + _corner(tn, ts, syn, sys, BN, BS, UNIT_Y, INT64)
+            py += _step(oy, -r, sys, UNIT_Y)
+        if _narrow(y_ptr, UNIT_Y, GD):
+            py = tl.max_contiguous(py, [1, 1, 4] if GD == 2 else [1, 4, 1])
+        tl.store(py, y, mask=mask)
+        tn, ts = _advance(tn, ts, dn, ds, TS)
 
 
 # -- forward ----------------------------------------------------------------------------------
@@ -90,10 +270,12 @@ def _inject_tile(x_ptr, y_ptr, seed, scale, t, cb, N, C, S, sxn, sxc, sxs, syn, 
 
 @triton.jit
 def stats_kernel(x_ptr, y_ptr, alpha_ptr, seed_ptr, mean_ptr, var_ptr, part_ptr,
-                 N, C, S, sxn, sxc, sxs, syn, syc, sys, eps, eps_lo, base, TS, R, TPP, K,
-                 BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
-                 UNIT_X: tl.constexpr, UNIT_Y: tl.constexpr, INT64: tl.constexpr,
-                 ACC: tl.constexpr, FUSED: tl.constexpr):
+                 N, C, S, sxn, sxc, sxs, syn, syc, sys, eps, eps_lo, base, TSU, R, TPP, K,
+                 TS, RN, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
+                 UNIT_X: tl.constexpr, UNIT_Y: tl.constexpr, SAME_Y: tl.constexpr,
+                 INT64: tl.constexpr, ACC: tl.constexpr, FUSED: tl.constexpr, GD: tl.constexpr,
+                 ALIGNED: tl.constexpr, QN: tl.constexpr, QC: tl.constexpr,
+                 QS: tl.constexpr, Q: tl.constexpr):
     """Per-channel (count, mean, M2) over this program's tiles (Chan's merge, tile by tile).
 
     Each tile is reduced exactly (its own mean, then the squared deviations from it, while it
@@ -102,22 +284,27 @@ def stats_kernel(x_ptr, y_ptr, alpha_ptr, seed_ptr, mean_ptr, var_ptr, part_ptr,
     statistics and injects the noise in a second sweep (one launch for the whole forward).
     Otherwise it writes the partial triple to ``part[0..2, k, c]`` for :func:`combine_stats`.
     """
+    N, C, S = N * QN, C * QC, S * QS
+    sxn, sxc, sxs, syn, syc, sys = sxn * Q, sxc * Q, sxs * Q, syn * Q, syc * Q, sys * Q
     pid = tl.program_id(0)
     CB = tl.cdiv(C, BC)
     cb = pid % CB
     k = pid // CB
     t0 = k * TPP
     t1 = tl.minimum(t0 + TPP, R)
+    c = _channels(cb, BC, INT64)
+    cmask = c < C
+    ox = _local(c, sxn, sxc, sxs, BN, BS, UNIT_X)
     cnt = tl.zeros([BC], ACC)
     mean = tl.zeros([BC], ACC)
     m2 = tl.zeros([BC], ACC)
-    for t in range(t0, t1):
-        n, c, s = _coords(t, cb, TS, BN, BC, BS, INT64)
-        mask = (n < N) & (c < C) & (s < S)
-        x = tl.load(x_ptr + _addr(n, c, s, sxn, sxc, sxs, UNIT_X), mask=mask, other=0.0)
-        x = x.to(ACC)
-        tn = t // TS
-        ts = t - tn * TS
+    tn, ts = _split(t0, TSU)
+    for _ in range(t0, t1):
+        mask = _mask(cmask, tn, ts, N, S, BN, BS)
+        px = x_ptr + _corner(tn, ts, sxn, sxs, BN, BS, UNIT_X, INT64) + ox
+        if FUSED and _narrow(x_ptr, UNIT_X, GD):  # the inject loop's register layout
+            px = tl.max_contiguous(px, [1, 1, 4] if GD == 2 else [1, 4, 1])
+        x = tl.load(px, mask=mask, other=0.0).to(ACC)
         tcnt = (tl.minimum(N - tn * BN, BN) * tl.minimum(S - ts * BS, BS)).to(ACC)
         tmean = _sum_nc(x) / tcnt
         d = tl.where(mask, x - tmean[None, :, None], 0.0)
@@ -128,26 +315,25 @@ def stats_kernel(x_ptr, y_ptr, alpha_ptr, seed_ptr, mean_ptr, var_ptr, part_ptr,
         mean = mean + delta * w
         m2 = m2 + tm2 + delta * delta * cnt * w
         cnt = total
+        tn, ts = _advance(tn, ts, 0, 1, TSU)
     cv = cb * BC + tl.arange(0, BC)
-    cmask = cv < C
     if FUSED:
         var = m2 / cnt
-        tl.store(mean_ptr + cv, mean, mask=cmask)
-        tl.store(var_ptr + cv, var, mask=cmask)
-        alpha = tl.load(alpha_ptr + cv, mask=cmask, other=0.0).to(ACC)
+        tl.store(mean_ptr + cv, mean, mask=cv < C)
+        tl.store(var_ptr + cv, var, mask=cv < C)
+        alpha = tl.load(alpha_ptr + cv, mask=cv < C, other=0.0).to(ACC)
         scale = alpha * _sqrt(var + eps + eps_lo, ACC)
-        seed = tl.load(seed_ptr)
-        for t in range(0, R):
-            _inject_tile(x_ptr, y_ptr, seed, scale, t, cb, N, C, S, sxn, sxc, sxs, syn, syc, sys,
-                         base, TS, BN, BC, BS, UNIT_X, UNIT_Y, INT64, ACC)
+        k0, k1 = seed_key(seed_ptr)
+        _inject_loop(x_ptr, y_ptr, k0, k1, scale, 0, RN, 1, cb, N, C, S, sxn, sxc, sxs, syn, syc,
+                     sys, base, TS, BN, BC, BS, UNIT_X, UNIT_Y, SAME_Y, INT64, ACC, GD, ALIGNED)
     else:
         off = k * C + cv
         if INT64:
             off = k.to(tl.int64) * C + cv
         plane = K * C
-        tl.store(part_ptr + off, cnt, mask=cmask)
-        tl.store(part_ptr + plane + off, mean, mask=cmask)
-        tl.store(part_ptr + 2 * plane + off, m2, mask=cmask)
+        tl.store(part_ptr + off, cnt, mask=cv < C)
+        tl.store(part_ptr + plane + off, mean, mask=cv < C)
+        tl.store(part_ptr + 2 * plane + off, m2, mask=cv < C)
 
 
 @triton.jit
@@ -193,47 +379,79 @@ def combine_stats_kernel(part_ptr, alpha_ptr, mean_ptr, var_ptr, scale_ptr, C, K
 
 @triton.jit
 def inject_kernel(x_ptr, y_ptr, scale_ptr, seed_ptr, N, C, S, sxn, sxc, sxs, syn, syc, sys, base,
-                  TS, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
-                  UNIT_X: tl.constexpr, UNIT_Y: tl.constexpr, INT64: tl.constexpr,
-                  ACC: tl.constexpr):
-    """One tile per program: ``y = x + scale_c * eps`` (the eval path, and the forward after a
-    split reduction)."""
+                  TS, RN, P, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
+                  UNIT_X: tl.constexpr, UNIT_Y: tl.constexpr, SAME_Y: tl.constexpr,
+                  INT64: tl.constexpr, ACC: tl.constexpr, GD: tl.constexpr,
+                  ALIGNED: tl.constexpr, QN: tl.constexpr, QC: tl.constexpr,
+                  QS: tl.constexpr, Q: tl.constexpr):
+    """``y = x + scale_c * eps`` (the eval path, and the forward after a split reduction).
+
+    ``P`` programs per channel block; program ``p`` injects noise tiles ``p, p + P, ...``, so
+    the seed, the scales and the offsets are set up once per program, not per tile."""
+    N, C, S = N * QN, C * QC, S * QS
+    sxn, sxc, sxs, syn, syc, sys = sxn * Q, sxc * Q, sxs * Q, syn * Q, syc * Q, sys * Q
     pid = tl.program_id(0)
     CB = tl.cdiv(C, BC)
     cb = pid % CB
-    t = pid // CB
     cv = cb * BC + tl.arange(0, BC)
     scale = tl.load(scale_ptr + cv, mask=cv < C, other=0.0).to(ACC)
-    seed = tl.load(seed_ptr)
-    _inject_tile(x_ptr, y_ptr, seed, scale, t, cb, N, C, S, sxn, sxc, sxs, syn, syc, sys, base,
-                 TS, BN, BC, BS, UNIT_X, UNIT_Y, INT64, ACC)
+    k0, k1 = seed_key(seed_ptr)
+    _inject_loop(x_ptr, y_ptr, k0, k1, scale, pid // CB, RN, P, cb, N, C, S, sxn, sxc, sxs, syn,
+                 syc, sys, base, TS, BN, BC, BS, UNIT_X, UNIT_Y, SAME_Y, INT64, ACC, GD, ALIGNED)
 
 
 # -- backward (the math is in noise_dot_kernel's docstring) ----------------------------------
 
 
 @triton.jit
-def _dx_tile(dy_ptr, x_ptr, dx_ptr, coef, mean, t, cb, N, C, S, sdn, sdc, sds, sxn, sxc, sxs,
-             son, soc, sos, TS, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
+def _dx_loop(dy_ptr, x_ptr, dx_ptr, coef, mean, t0, t1, step, cb, N, C, S, sdn, sdc, sds, sxn,
+             sxc, sxs, son, soc, sos, TS, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
              UNIT_D: tl.constexpr, UNIT_X: tl.constexpr, UNIT_O: tl.constexpr,
-             INT64: tl.constexpr, ACC: tl.constexpr):
-    n, c, s = _coords(t, cb, TS, BN, BC, BS, INT64)
-    mask = (n < N) & (c < C) & (s < S)
-    dy = tl.load(dy_ptr + _addr(n, c, s, sdn, sdc, sds, UNIT_D), mask=mask, other=0.0)
-    x = tl.load(x_ptr + _addr(n, c, s, sxn, sxc, sxs, UNIT_X), mask=mask, other=0.0).to(ACC)
+             SAME_X: tl.constexpr, SAME_O: tl.constexpr, INT64: tl.constexpr,
+             ACC: tl.constexpr, GD: tl.constexpr, AFTER_NOISE: tl.constexpr):
+    """``dx = dy + coef_c * (x - mean_c)`` on tiles ``t0, t0 + step, ... < t1``."""
+    c = _channels(cb, BC, INT64)
+    cmask = c < C
+    od = _local(c, sdn, sdc, sds, BN, BS, UNIT_D)
+    ox = od if SAME_X else _local(c, sxn, sxc, sxs, BN, BS, UNIT_X)
+    oo = od if SAME_O else _local(c, son, soc, sos, BN, BS, UNIT_O)
     k = coef[None, :, None]
-    dx = (dy.to(ACC) + k * (x - mean[None, :, None])).to(dy.dtype)
-    dx = tl.where(k == 0, dy, dx)
-    tl.store(dx_ptr + _addr(n, c, s, son, soc, sos, UNIT_O), dx, mask=mask)
+    mu = mean[None, :, None]
+    tn, ts = _split(t0, TS)
+    dn, ds = _split(step, TS)
+    for _ in range(t0, t1, step):
+        mask = _mask(cmask, tn, ts, N, S, BN, BS)
+        cd = _corner(tn, ts, sdn, sds, BN, BS, UNIT_D, INT64)
+        cx = cd if SAME_X else _corner(tn, ts, sxn, sxs, BN, BS, UNIT_X, INT64)
+        co = cd if SAME_O else _corner(tn, ts, son, sos, BN, BS, UNIT_O, INT64)
+        pd = dy_ptr + cd + od
+        px = x_ptr + cx + ox
+        po = dx_ptr + co + oo
+        # After a noise loop in the same kernel: that loop's register layout (see _narrow).
+        if AFTER_NOISE and _narrow(dy_ptr, UNIT_D, GD):
+            pd = tl.max_contiguous(pd, [1, 1, 4] if GD == 2 else [1, 4, 1])
+        if AFTER_NOISE and _narrow(x_ptr, UNIT_X, GD):
+            px = tl.max_contiguous(px, [1, 1, 4] if GD == 2 else [1, 4, 1])
+        if AFTER_NOISE and _narrow(dx_ptr, UNIT_O, GD):
+            po = tl.max_contiguous(po, [1, 1, 4] if GD == 2 else [1, 4, 1])
+        dy = tl.load(pd, mask=mask)
+        x = tl.load(px, mask=mask).to(ACC)
+        dx = (dy.to(ACC) + k * (x - mu)).to(dy.dtype)
+        dx = tl.where(k == 0, dy, dx)
+        tl.store(po, dx, mask=mask)
+        tn, ts = _advance(tn, ts, dn, ds, TS)
 
 
 @triton.jit
 def noise_dot_kernel(dy_ptr, x_ptr, dx_ptr, seed_ptr, alpha_ptr, mean_ptr, sigma_ptr, g_ptr,
                      part_ptr, N, C, S, sdn, sdc, sds, sxn, sxc, sxs, son, soc, sos, base, M,
-                     TS, R, TPP, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
+                     TS, RN, TPP, TSU, R, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
                      UNIT_D: tl.constexpr, UNIT_X: tl.constexpr, UNIT_O: tl.constexpr,
-                     INT64: tl.constexpr, ACC: tl.constexpr, MODE: tl.constexpr):
-    """Per-channel ``G_c = sum(dy * eps)`` over this program's tiles, and the backward pass.
+                     SAME_X: tl.constexpr, SAME_O: tl.constexpr, INT64: tl.constexpr,
+                     ACC: tl.constexpr, MODE: tl.constexpr, GD: tl.constexpr,
+                     ALIGNED: tl.constexpr, QN: tl.constexpr, QC: tl.constexpr,
+                     QS: tl.constexpr, Q: tl.constexpr):
+    """Per-channel ``G_c = sum(dy * eps)`` over this program's noise tiles, and the backward.
 
     The math: with ``y = x + alpha_c * sigma_c * eps`` and ``sigma_c = sqrt(var_c + eps0)`` from
     the batch, the only path from ``x`` to ``y`` besides the identity runs through ``sigma_c``.
@@ -245,42 +463,58 @@ def noise_dot_kernel(dy_ptr, x_ptr, dx_ptr, seed_ptr, alpha_ptr, mean_ptr, sigma
     caller forms ``d alpha_c = sigma_c * G_c``.  When ``sigma`` is a constant (``stats_grad``
     off, or running statistics) ``dx = dy`` and only ``G`` is needed (``noise_dot``).
 
+    Each lane of the tile accumulates its own products over the program's tiles; the lanes are
+    summed once at the end (a fixed tree, so the result is reproducible).
+
     MODE 0: write the partial sum to ``part[k, c]`` (split reduction, see combine_g_kernel).
     MODE 1: the program covers whole channels; write ``G`` to ``g``.
     MODE 2: as 1, then sweep again for ``dx = dy + coef_c * (x - mean_c)`` (fused backward).
     """
+    N, C, S = N * QN, C * QC, S * QS
+    sdn, sdc, sds, sxn, sxc, sxs = sdn * Q, sdc * Q, sds * Q, sxn * Q, sxc * Q, sxs * Q
+    son, soc, sos = son * Q, soc * Q, sos * Q
+    SHIFTED: tl.constexpr = GD == 2 and not ALIGNED
     pid = tl.program_id(0)
     CB = tl.cdiv(C, BC)
     cb = pid % CB
     k = pid // CB
     t0 = k * TPP
-    t1 = tl.minimum(t0 + TPP, R)
-    seed = tl.load(seed_ptr)
-    acc = tl.zeros([BC], ACC)
-    for t in range(t0, t1):
-        n, c, s = _coords(t, cb, TS, BN, BC, BS, INT64)
-        mask = (n < N) & (c < C) & (s < S)
-        dy = tl.load(dy_ptr + _addr(n, c, s, sdn, sdc, sds, UNIT_D), mask=mask, other=0.0)
-        # Masked lanes load dy = 0 and the noise is always finite, so they add nothing.
-        acc += _sum_nc(dy.to(ACC) * _noise(seed, n, c, s, C, S, base, ACC))
+    t1 = tl.minimum(t0 + TPP, RN)
+    k0, k1 = seed_key(seed_ptr)
+    c = _channels(cb, BC, INT64)
+    cmask = c < C
+    rows = _noise_rows(c, cb, C, S, BN, BC, BS, GD, ALIGNED)
+    od = _local(c, sdn, sdc, sds, BN, BS, UNIT_D)
+    acc = tl.zeros([BN, BC, BS], ACC)
+    one = tl.full([1, 1, 1], 1.0, ACC)
+    tn, ts = _split(t0, TS)
+    for _ in range(t0, t1):
+        radius, angle, r = _noise_tile(k0, k1, rows, tn, ts, C, S, base, one, BN, BC, BS, INT64,
+                                       GD, ALIGNED)
+        mask = _noise_mask(cmask, r, tn, ts, N, S, BN, BS, SHIFTED)
+        pd = dy_ptr + _corner(tn, ts, sdn, sds, BN, BS, UNIT_D, INT64) + _step(od, -r, sds, UNIT_D)
+        if _narrow(dy_ptr, UNIT_D, GD):
+            pd = tl.max_contiguous(pd, [1, 1, 4] if GD == 2 else [1, 4, 1])
+        # Lanes out of range load dy = 0 and the noise is always finite: they add nothing.
+        acc += tl.load(pd, mask=mask, other=0.0).to(ACC) * (radius * angle)
+        tn, ts = _advance(tn, ts, 0, 1, TS)
+    g = _sum_nc(acc)
     cv = cb * BC + tl.arange(0, BC)
-    cmask = cv < C
     if MODE == 0:
         off = k * C + cv
         if INT64:
             off = k.to(tl.int64) * C + cv
-        tl.store(part_ptr + off, acc, mask=cmask)
+        tl.store(part_ptr + off, g, mask=cv < C)
     else:
-        tl.store(g_ptr + cv, acc, mask=cmask)
+        tl.store(g_ptr + cv, g, mask=cv < C)
         if MODE == 2:
-            alpha = tl.load(alpha_ptr + cv, mask=cmask, other=0.0).to(ACC)
-            sigma = tl.load(sigma_ptr + cv, mask=cmask, other=1.0).to(ACC)
-            mean = tl.load(mean_ptr + cv, mask=cmask, other=0.0).to(ACC)
-            coef = alpha * acc / (M * sigma)
-            for t in range(0, R):
-                _dx_tile(dy_ptr, x_ptr, dx_ptr, coef, mean, t, cb, N, C, S, sdn, sdc, sds,
-                         sxn, sxc, sxs, son, soc, sos, TS, BN, BC, BS, UNIT_D, UNIT_X, UNIT_O,
-                         INT64, ACC)
+            alpha = tl.load(alpha_ptr + cv, mask=cv < C, other=0.0).to(ACC)
+            sigma = tl.load(sigma_ptr + cv, mask=cv < C, other=1.0).to(ACC)
+            mean = tl.load(mean_ptr + cv, mask=cv < C, other=0.0).to(ACC)
+            coef = alpha * g / (M * sigma)
+            _dx_loop(dy_ptr, x_ptr, dx_ptr, coef, mean, 0, R, 1, cb, N, C, S, sdn, sdc, sds,
+                     sxn, sxc, sxs, son, soc, sos, TSU, BN, BC, BS, UNIT_D, UNIT_X, UNIT_O,
+                     SAME_X, SAME_O, INT64, ACC, GD, True)
 
 
 @triton.jit
@@ -306,36 +540,50 @@ def combine_g_kernel(part_ptr, alpha_ptr, sigma_ptr, g_ptr, coef_ptr, C, K, M,
 
 @triton.jit
 def dx_kernel(dy_ptr, x_ptr, dx_ptr, coef_ptr, mean_ptr, N, C, S, sdn, sdc, sds, sxn, sxc, sxs,
-              son, soc, sos, TS, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
+              son, soc, sos, TS, R, P, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
               UNIT_D: tl.constexpr, UNIT_X: tl.constexpr, UNIT_O: tl.constexpr,
-              INT64: tl.constexpr, ACC: tl.constexpr):
-    """One tile per program: ``dx = dy + coef_c * (x - mean_c)``."""
+              SAME_X: tl.constexpr, SAME_O: tl.constexpr, INT64: tl.constexpr,
+              ACC: tl.constexpr, GD: tl.constexpr, QN: tl.constexpr, QC: tl.constexpr,
+              QS: tl.constexpr, Q: tl.constexpr):
+    """``dx = dy + coef_c * (x - mean_c)``; program ``p`` of a channel block takes tiles
+    ``p, p + P, ...`` (as in :func:`inject_kernel`)."""
+    N, C, S = N * QN, C * QC, S * QS
+    sdn, sdc, sds, sxn, sxc, sxs = sdn * Q, sdc * Q, sds * Q, sxn * Q, sxc * Q, sxs * Q
+    son, soc, sos = son * Q, soc * Q, sos * Q
     pid = tl.program_id(0)
     CB = tl.cdiv(C, BC)
     cb = pid % CB
-    t = pid // CB
     cv = cb * BC + tl.arange(0, BC)
-    cmask = cv < C
-    coef = tl.load(coef_ptr + cv, mask=cmask, other=0.0).to(ACC)
-    mean = tl.load(mean_ptr + cv, mask=cmask, other=0.0).to(ACC)
-    _dx_tile(dy_ptr, x_ptr, dx_ptr, coef, mean, t, cb, N, C, S, sdn, sdc, sds, sxn, sxc, sxs,
-             son, soc, sos, TS, BN, BC, BS, UNIT_D, UNIT_X, UNIT_O, INT64, ACC)
+    coef = tl.load(coef_ptr + cv, mask=cv < C, other=0.0).to(ACC)
+    mean = tl.load(mean_ptr + cv, mask=cv < C, other=0.0).to(ACC)
+    _dx_loop(dy_ptr, x_ptr, dx_ptr, coef, mean, pid // CB, R, P, cb, N, C, S, sdn, sdc, sds, sxn,
+             sxc, sxs, son, soc, sos, TS, BN, BC, BS, UNIT_D, UNIT_X, UNIT_O, SAME_X, SAME_O,
+             INT64, ACC, GD, False)
 
 
 # -- the raw stream, for tests ----------------------------------------------------------------
 
 
 @triton.jit
-def philox_kernel(off_ptr, seed_ptr, words_ptr, rand_ptr, randn_ptr, n, BLOCK: tl.constexpr):
-    """Philox words, ``tl.rand`` and ``tl.randn`` at given int64 offsets."""
+def philox_kernel(group_ptr, seed_ptr, words_ptr, rand_ptr, randn_ptr, n, BLOCK: tl.constexpr):
+    """Per group index (int64): the four Philox words, uniforms and normals, as the fused
+    kernels compute them (``tl.randint4x`` / ``tl.rand4x`` / ``tl.randn4x``)."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
-    off = tl.load(off_ptr + i, mask=m, other=0)
-    seed = tl.load(seed_ptr)
-    w0, w1, w2, w3 = tl.randint4x(seed, off)
-    tl.store(words_ptr + 4 * i, w0.to(tl.int32, bitcast=True), mask=m)
-    tl.store(words_ptr + 4 * i + 1, w1.to(tl.int32, bitcast=True), mask=m)
-    tl.store(words_ptr + 4 * i + 2, w2.to(tl.int32, bitcast=True), mask=m)
-    tl.store(words_ptr + 4 * i + 3, w3.to(tl.int32, bitcast=True), mask=m)
-    tl.store(rand_ptr + i, tl.rand(seed, off), mask=m)
-    tl.store(randn_ptr + i, tl.randn(seed, off), mask=m)
+    g = tl.load(group_ptr + i, mask=m, other=0)
+    k0, k1 = seed_key(seed_ptr)
+    w0, w1, w2, w3 = philox_words(k0, k1, g, True)
+    n0, n1, n2, n3 = normals4(k0, k1, g, True)
+    out = 4 * i
+    tl.store(words_ptr + out, w0.to(tl.int32, bitcast=True), mask=m)
+    tl.store(words_ptr + out + 1, w1.to(tl.int32, bitcast=True), mask=m)
+    tl.store(words_ptr + out + 2, w2.to(tl.int32, bitcast=True), mask=m)
+    tl.store(words_ptr + out + 3, w3.to(tl.int32, bitcast=True), mask=m)
+    tl.store(rand_ptr + out, uniform(w0), mask=m)
+    tl.store(rand_ptr + out + 1, uniform(w1), mask=m)
+    tl.store(rand_ptr + out + 2, uniform(w2), mask=m)
+    tl.store(rand_ptr + out + 3, uniform(w3), mask=m)
+    tl.store(randn_ptr + out, n0, mask=m)
+    tl.store(randn_ptr + out + 1, n1, mask=m)
+    tl.store(randn_ptr + out + 2, n2, mask=m)
+    tl.store(randn_ptr + out + 3, n3, mask=m)

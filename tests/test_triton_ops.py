@@ -26,6 +26,10 @@ def _op_cases(device):
     mean, sigma = torch.rand(4).to(device), (torch.rand(4) + 0.5).to(device)
     seed = torch.tensor([2**63 + 5 - 2**64], device=device)
     x64 = x.double()
+    # Rows that do not start on a noise group: S = 49, and an (N, C) input with C = 3.
+    x49 = torch.randn(2, 3, 7, 7, generator=g).to(device)
+    lin3 = torch.randn(5, 3, generator=g).to(device)
+    alpha3 = (torch.rand(3, generator=g) + 0.1).to(device)
     return {
         "forward_batch": (ops.forward_batch, (x.requires_grad_(), alpha.requires_grad_(), seed,
                                               1e-5, True, "triton")),
@@ -36,6 +40,11 @@ def _op_cases(device):
                                 True, "triton")),
         "forward_scaled": (ops.forward_scaled, (x_cl, alpha, seed, "triton")),
         "noise_dot": (ops.noise_dot, (x64, seed, "triton")),
+        "forward_batch_s49": (ops.forward_batch, (x49.requires_grad_(), alpha3.requires_grad_(),
+                                                  seed, 1e-5, True, "triton")),
+        "forward_scaled_linear_c3": (ops.forward_scaled, (lin3, alpha3.detach(), seed,
+                                                          "triton")),
+        "noise_dot_linear_c3": (ops.noise_dot, (lin3, seed, "triton")),
         "backward_batch": (ops.backward_batch, (x.detach(), x_cl.detach(), alpha.detach(), mean,
                                                 sigma, seed, "triton")),
     }
