@@ -96,14 +96,14 @@ def adaptive_noise(
         if name == "reference":
             y, _, var = _ref.adaptive_noise_batch(x, alpha_c, _seed_int(seed_t), eps, stats_grad)
         else:
-            y, _, var = _ops.forward_batch(x, alpha_c, seed_t, float(eps), stats_grad, name)
+            y, _, var = _ops.noise_batch(x, alpha_c, seed_t, float(eps), stats_grad, name)
         if update_running:
             _update_running(running_var, num_batches_tracked, var, M, momentum)
         return y
     scale = alpha_c * torch.sqrt(running_var.to(sdtype) + eps)
     if name == "reference":
         return _ref.adaptive_noise_scaled(x, scale, _seed_int(seed_t))
-    return _ops.forward_scaled(x, scale, seed_t, name)
+    return _ops.noise_scaled(x, scale, seed_t, name)
 
 
 def _adaptive_noise_sync(x, alpha, alpha_is_zero, seed, eps, stats_grad, group, running_var,
