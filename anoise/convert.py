@@ -83,28 +83,35 @@ def calibrate(model: nn.Module, batches: Iterable) -> nn.Module:
 
     Each noise layer's ``running_var`` becomes the average of the (unbiased) batch variances
     seen.  Every other module runs in eval mode, so BatchNorm statistics and dropout are left
-    alone.  ``batches`` yields inputs, or tuples/lists whose first item is the input.
+    alone.  ``batches`` yields inputs, or tuples/lists whose first item is the input.  The
+    statistics are gathered in fresh buffers and copied into the layers' own only when every
+    batch has run: if ``batches`` is empty or anything raises, the model is left as it was.
     """
     layers = noise_layers(model)
     if not layers:
         raise ValueError("calibrate: the model has no AdaptiveNoise layers")
     modes = {m: m.training for m in model.modules()}
-    momenta = {layer: layer.momentum for layer in layers}
+    kept = {layer: (layer.running_var, layer.num_batches_tracked, layer.momentum)
+            for layer in layers}
     model.eval()
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # cumulative average over the calibration batches
-        layer.train()
     try:
+        for layer in layers:
+            layer.running_var = torch.ones_like(layer.running_var)
+            layer.num_batches_tracked = torch.zeros_like(layer.num_batches_tracked)
+            layer.momentum = None  # cumulative average over the calibration batches
+            layer.train()
         seen = 0
         for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x)
+            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
             seen += 1
         if seen == 0:
             raise ValueError("calibrate: batches yielded nothing")
+        for layer, (running_var, num_batches_tracked, _) in kept.items():
+            running_var.copy_(layer.running_var)
+            num_batches_tracked.copy_(layer.num_batches_tracked)
     finally:
-        for layer, momentum in momenta.items():
+        for layer, (running_var, num_batches_tracked, momentum) in kept.items():
+            layer.running_var, layer.num_batches_tracked = running_var, num_batches_tracked
             layer.momentum = momentum
         for m, mode in modes.items():
             m.training = mode

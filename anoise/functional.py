@@ -66,9 +66,9 @@ def adaptive_noise(
     _check_input(x)
     C = x.shape[1]
     alpha_is_zero = _check_alpha(alpha, C)
-    _check_options(x, running_var, num_batches_tracked, momentum, eps, seed)
-    use_batch_stats = training or running_var is None
     update_running = training and running_var is not None
+    _check_options(x, running_var, num_batches_tracked, momentum, eps, seed, update_running)
+    use_batch_stats = training or running_var is None
     name = _backends.resolve_for(backend, x.device.type)
     if sync_stats and use_batch_stats and _dist.is_active(process_group):
         return _adaptive_noise_sync(
@@ -81,7 +81,7 @@ def adaptive_noise(
     if use_batch_stats and M == 1:
         warnings.warn(
             "adaptive_noise: one value per channel in batch mode: the variance is 0, so "
-            "sigma = sqrt(eps), and the running variance is not updated",
+            "sigma = sqrt(eps), and the batch is not counted in the running variance",
             stacklevel=2,
         )
     if alpha_is_zero:
@@ -133,19 +133,26 @@ def _seed_int(seed_t: Tensor) -> int:
     return int(seed_t.item()) & _SEED_MAX
 
 
-@torch.no_grad()
 def _update_running(running_var, num_batches_tracked, var, M, momentum):
-    """``running_var`` as ``nn.BatchNorm`` updates it, with the unbiased batch variance."""
-    if num_batches_tracked is not None:
-        num_batches_tracked.add_(1)
+    """``running_var`` as ``nn.BatchNorm`` updates it, with the unbiased batch variance.
+
+    A batch with one value per channel has no variance: it is neither used nor counted.  The
+    new values are computed first and committed together at the end, so a failure leaves both
+    buffers as they were.  No ``no_grad``: the values carry no graph, and a traced (exported)
+    program must not hold a grad-mode switch.
+    """
     if M <= 1:
         return
+    count = None if num_batches_tracked is None else num_batches_tracked + 1
     if momentum is None:  # cumulative average; kept as a tensor so tracing needs no host sync
-        factor = 1.0 / num_batches_tracked.to(running_var.dtype)
+        factor = 1.0 / count.to(running_var.dtype)
     else:
         factor = momentum
-    unbiased = var.to(running_var.dtype) * (M / (M - 1))
-    running_var.mul_(1 - factor).add_(unbiased * factor)
+    unbiased = var.detach().to(running_var.dtype) * (M / (M - 1))
+    new_var = running_var * (1 - factor) + unbiased * factor
+    running_var.copy_(new_var)
+    if count is not None:
+        num_batches_tracked.copy_(count)
 
 
 def _per_channel_alpha(alpha, C: int, dtype: torch.dtype, device) -> Tensor:
@@ -205,7 +212,7 @@ def _can_inspect_values(t: Tensor) -> bool:
     return t.device.type != "meta"
 
 
-def _check_options(x, running_var, num_batches_tracked, momentum, eps, seed) -> None:
+def _check_options(x, running_var, num_batches_tracked, momentum, eps, seed, updates) -> None:
     C = x.shape[1]
     if running_var is not None:
         if not isinstance(running_var, Tensor):
@@ -222,8 +229,10 @@ def _check_options(x, running_var, num_batches_tracked, momentum, eps, seed) -> 
             )
         if not running_var.is_floating_point():
             raise TypeError(f"running_var must be a floating tensor, got {running_var.dtype}")
-    if num_batches_tracked is not None and not isinstance(num_batches_tracked, Tensor):
-        raise TypeError("num_batches_tracked must be a tensor (an int64 buffer) or None")
+        if updates:
+            _check_updatable(running_var, "running_var")
+    if num_batches_tracked is not None:
+        _check_num_batches_tracked(num_batches_tracked, x.device, updates)
     if momentum is None:
         if running_var is not None and num_batches_tracked is None:
             raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
@@ -240,3 +249,38 @@ def _check_options(x, running_var, num_batches_tracked, momentum, eps, seed) -> 
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
         if not 0 <= seed <= _SEED_MAX:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+
+
+def _check_updatable(buffer: Tensor, name: str) -> None:
+    """The buffer can be written in place (checked before anything is written)."""
+    if buffer.dim() and buffer.numel() > 1 and 0 in buffer.stride():
+        raise ValueError(
+            f"{name} has overlapping memory (an expanded tensor) and cannot be updated in place; "
+            "pass a tensor of its own (e.g. .clone())"
+        )
+    if buffer.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError(
+            f"{name} is an inference tensor (made under torch.inference_mode) and cannot be "
+            "updated outside inference mode; pass a .clone() made outside it"
+        )
+
+
+def _check_num_batches_tracked(nbt, device, updates: bool) -> None:
+    if not isinstance(nbt, Tensor):
+        raise TypeError(
+            f"num_batches_tracked must be a tensor (an int64 buffer) or None, got "
+            f"{type(nbt).__name__}"
+        )
+    if nbt.is_floating_point() or nbt.is_complex() or nbt.dtype == torch.bool:
+        raise TypeError(f"num_batches_tracked must be an integer tensor, got {nbt.dtype}")
+    if nbt.numel() != 1:
+        raise ValueError(
+            f"num_batches_tracked must hold one value (shape ()), got shape {tuple(nbt.shape)}"
+        )
+    if nbt.device != device:
+        raise ValueError(
+            f"num_batches_tracked is on {nbt.device} but x is on {device}; move both to one "
+            "device"
+        )
+    if updates:
+        _check_updatable(nbt, "num_batches_tracked")
