@@ -172,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor> backward_batch(const at::Tensor& dy3, const a
   const int64_t* s = seed_ptr(seed, x3);
   const Geometry g = geometry_of(x3);
   at::Tensor gsum = at::zeros({g.C}, x3.options().dtype(st));
-  at::Tensor dx = at::empty_like(x3);
+  at::Tensor dx = at::empty_like(dy3);
   if (x3.numel() == 0) return {dx, gsum};
   at::Tensor part = partials(g, st, x3);
   at::Tensor coef = at::empty({g.C}, x3.options().dtype(st));
