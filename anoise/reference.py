@@ -54,5 +54,7 @@ def adaptive_noise_scaled(x: torch.Tensor, scale: torch.Tensor, seed: int) -> to
 
 def _inject(x: torch.Tensor, scale: torch.Tensor, seed: int) -> torch.Tensor:
     xs = x.to(scale.dtype)
-    noise = noise_like(x, seed).to(scale.dtype)
-    return (xs + _per_channel(scale, x.dim()) * noise).to(x.dtype)
+    term = _per_channel(scale, x.dim()) * noise_like(x, seed).to(scale.dtype)
+    # x - (0 - term) is x + term, except that a zero term leaves x bitwise itself: x + (+0.0)
+    # would turn -0.0 into +0.0, and alpha = 0 must return x exactly.
+    return (xs - (0.0 - term)).to(x.dtype)
