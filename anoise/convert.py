@@ -18,43 +18,55 @@ def to_stochastic(
     model: nn.Module,
     alpha: float = 0.1,
     *,
-    layers: tuple[type, ...] = (nn.Conv2d,),
-    exclude: Iterable[str | type] = (),
+    layers: type | Iterable[type] = (nn.Conv2d,),
+    exclude: str | type | Iterable[str | type] = (),
     **noise_options,
 ) -> nn.Module:
     """A teacher-initialised stochastic student of ``model``.
 
     Returns a deep copy of ``model`` in which every module that is an instance of one of
-    ``layers`` (``nn.Conv2d`` and/or ``nn.Linear``) is replaced by its ``AdaptiveNoise*`` twin
-    with the weights copied.  ``exclude`` holds qualified module names (``"fc"``,
-    ``"layer1.0.conv1"``) or types to leave deterministic.  ``model`` itself is not changed.
+    ``layers`` (``nn.Conv2d`` and/or ``nn.Linear``; one type or several) is replaced by its
+    ``AdaptiveNoise*`` twin with the weights copied; ``model`` itself may be such a layer.  A
+    module reachable under several names (weight sharing) becomes one twin, still shared.
+    ``exclude`` holds qualified module names (``"fc"``, ``"layer1.0.conv1"``) or types to leave
+    deterministic (one name or type, or several); a name that ``model`` lacks raises.
+    ``noise_options`` go to the twins (``device`` / ``dtype``: where the twins are built,
+    default the layer's own).  ``model`` itself is not changed.
     """
-    layers = tuple(layers)
+    layers = (layers,) if isinstance(layers, type) else tuple(layers)
     for layer in layers:
         if layer not in _TWINS:
-            raise ValueError(
-                f"layers may contain only nn.Conv2d and nn.Linear, got {layer.__name__}"
-            )
-    exclude = tuple(exclude)
+            name = getattr(layer, "__name__", repr(layer))
+            raise ValueError(f"layers may contain only nn.Conv2d and nn.Linear, got {name}")
+    exclude = (exclude,) if isinstance(exclude, (str, type)) else tuple(exclude)
+    names = dict(model.named_modules(remove_duplicate=False))
     for e in exclude:
         if not isinstance(e, (str, type)):
             raise TypeError(f"exclude must hold module names or types, got {e!r}")
+        if isinstance(e, str) and e not in names:
+            raise ValueError(f"exclude: the model has no module named {e!r}")
     student = copy.deepcopy(model)
-    _replace(student, "", layers, exclude, alpha, noise_options)
-    return student
+    excluded = {id(m) for name, m in student.named_modules(remove_duplicate=False)
+                if name in exclude}
+    skip = tuple(e for e in exclude if isinstance(e, type))
+    twins = {}  # id(module) -> its replacement: a shared module is converted once
 
+    def convert(module: nn.Module) -> nn.Module:
+        if id(module) not in twins:
+            twins[id(module)] = module
+            twin = next((_TWINS[t] for t in layers if type(module) is t), None)
+            if id(module) in excluded or isinstance(module, skip):
+                pass
+            elif twin is not None:
+                twins[id(module)] = twin.from_module(module, alpha=alpha, **noise_options)
+            else:
+                for name, child in list(module._modules.items()):
+                    new = convert(child) if child is not None else None
+                    if new is not child:
+                        setattr(module, name, new)
+        return twins[id(module)]
 
-def _replace(parent: nn.Module, prefix: str, layers, exclude, alpha, noise_options) -> None:
-    for name, child in list(parent.named_children()):
-        qualname = prefix + name
-        if qualname in exclude or any(isinstance(e, type) and isinstance(child, e)
-                                      for e in exclude):
-            continue
-        twin = next((_TWINS[t] for t in layers if type(child) is t), None)
-        if twin is not None:
-            setattr(parent, name, twin.from_module(child, alpha=alpha, **noise_options))
-        else:
-            _replace(child, qualname + ".", layers, exclude, alpha, noise_options)
+    return convert(student)
 
 
 def noise_layers(model: nn.Module) -> list[AdaptiveNoise]:

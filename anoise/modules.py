@@ -159,13 +159,19 @@ class _NoiseAfter:
         self.noise = AdaptiveNoise(channels, alpha, device=device, dtype=dtype, **noise_options)
 
     @classmethod
-    def from_module(cls, module, alpha: float = 0.1, **noise_options):
-        """The stochastic twin of ``module`` with its weights copied (teacher-initialisation)."""
+    def from_module(cls, module, alpha: float = 0.1, *, device=None, dtype=None,
+                    **noise_options):
+        """The stochastic twin of ``module`` with its weights copied (teacher-initialisation).
+
+        ``device`` / ``dtype``: where the twin is built (default: ``module``'s own).
+        """
         base = cls.__mro__[2]  # nn.Conv2d or nn.Linear
         if not isinstance(module, base):
             raise TypeError(f"{cls.__name__}.from_module expects an instance of "
                             f"{base.__name__}, got {type(module).__name__}")
-        student = cls(**cls._constructor_args(module), alpha=alpha, **noise_options)
+        args = cls._constructor_args(module)
+        args.update({k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
+        student = cls(**args, alpha=alpha, **noise_options)
         copy_parameters(student, module)
         return student
 
