@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Iterable
 
 import torch
@@ -75,17 +76,17 @@ def noise_layers(model: nn.Module) -> list[AdaptiveNoise]:
 
 
 def set_alpha(model: nn.Module, alpha: float) -> nn.Module:
-    """Set the degree of stochasticity ``alpha`` of every noise layer of ``model``."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+    """Set the degree of stochasticity ``alpha`` of every noise layer of ``model``.
+
+    The value is written into each layer's ``alpha`` (a buffer, or the parameter when it is
+    learnable), so it is saved with the ``state_dict``.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise TypeError(f"alpha must be a float, got {type(alpha).__name__}")
     if math.isnan(alpha) or alpha < 0:
         raise ValueError(f"alpha must be a float >= 0, got {alpha}")
     for layer in noise_layers(model):
-        if isinstance(layer.alpha, Tensor):
-            with torch.no_grad():
-                layer.alpha.fill_(alpha)
-        else:
-            layer.alpha = float(alpha)
+        layer.alpha = float(alpha)
     return model
 
 

@@ -62,12 +62,34 @@ def adaptive_noise(
 
     Returns:
         A tensor like ``x``.  With a float ``alpha == 0`` this is ``x`` itself.
+
+    A tensor ``alpha`` is checked for negative and NaN values on the host when it is on the
+    CPU; elsewhere on the device (``torch._assert_async``), as reading it back would
+    synchronise: a bad value there fails a device-side assertion.
     """
     _check_input(x)
+    _check_alpha(alpha, x.shape[1])
+    if isinstance(alpha, Tensor):
+        _check_alpha_values(alpha, host=alpha.device.type == "cpu")
+    return _adaptive_noise(
+        x, alpha, running_var=running_var, num_batches_tracked=num_batches_tracked,
+        training=training, momentum=momentum, eps=eps, stats_grad=stats_grad, seed=seed,
+        backend=backend, sync_stats=sync_stats, process_group=process_group,
+    )
+
+
+def _adaptive_noise(x, alpha, *, running_var, num_batches_tracked, training, momentum, eps,
+                    stats_grad, seed, backend, sync_stats, process_group) -> Tensor:
+    """:func:`adaptive_noise` once ``x`` and ``alpha`` are checked.
+
+    The modules call this directly: they check their ``alpha`` when it is set, so their
+    forward reads none of its values.
+    """
     C = x.shape[1]
-    alpha_is_zero = _check_alpha(alpha, C)
     update_running = training and running_var is not None
-    _check_options(x, running_var, num_batches_tracked, momentum, eps, seed, update_running)
+    _check_options(x, running_var, num_batches_tracked, training, momentum, eps, stats_grad,
+                   seed, sync_stats, update_running)
+    alpha_is_zero = not isinstance(alpha, Tensor) and float(alpha) == 0.0
     use_batch_stats = training or running_var is None
     name = _backends.resolve_for(backend, x.device.type)
     if sync_stats and use_batch_stats and _dist.is_active(process_group):
@@ -82,7 +104,7 @@ def adaptive_noise(
         warnings.warn(
             "adaptive_noise: one value per channel in batch mode: the variance is 0, so "
             "sigma = sqrt(eps), and the batch is not counted in the running variance",
-            stacklevel=2,
+            stacklevel=3,
         )
     if alpha_is_zero:
         if update_running:
@@ -94,7 +116,7 @@ def adaptive_noise(
     seed_t = _seed_tensor(seed, x)
     if use_batch_stats:
         if name == "reference":
-            y, _, var = _ref.adaptive_noise_batch(x, alpha_c, _seed_int(seed_t), eps, stats_grad)
+            y, _, var = _ref.adaptive_noise_batch(x, alpha_c, seed_t, eps, stats_grad)
         else:
             y, _, var = _ops.noise_batch(x, alpha_c, seed_t, float(eps), stats_grad, name)
         if update_running:
@@ -102,7 +124,7 @@ def adaptive_noise(
         return y
     scale = alpha_c * torch.sqrt(running_var.to(sdtype) + eps)
     if name == "reference":
-        return _ref.adaptive_noise_scaled(x, scale, _seed_int(seed_t))
+        return _ref.adaptive_noise_scaled(x, scale, seed_t)
     return _ops.noise_scaled(x, scale, seed_t, name)
 
 
@@ -123,14 +145,16 @@ def _adaptive_noise_sync(x, alpha, alpha_is_zero, seed, eps, stats_grad, group, 
 
 
 def _seed_tensor(seed: int | None, x: Tensor) -> Tensor:
+    """The seed as a ``(1,)`` int64 tensor on ``x``'s device (its 64 bits, two's complement).
+
+    An explicit seed is written by a fill kernel, not copied from the host, so it can be
+    captured in a CUDA graph (where host-to-device copies are not allowed).
+    """
     if seed is None:
         return _ops.draw_seed(x)
-    signed = seed - 2**64 if seed >= 2**63 else seed  # same 64 bits, as int64
-    return torch.tensor([signed], dtype=torch.int64, device=x.device)
-
-
-def _seed_int(seed_t: Tensor) -> int:
-    return int(seed_t.item()) & _SEED_MAX
+    seed = int(seed)
+    signed = seed - 2**64 if seed >= 2**63 else seed
+    return torch.full((1,), signed, dtype=torch.int64, device=x.device)
 
 
 def _update_running(running_var, num_batches_tracked, var, M, momentum):
@@ -176,8 +200,8 @@ def _check_input(x) -> None:
         )
 
 
-def _check_alpha(alpha, C: int) -> bool:
-    """Validate ``alpha``; True when it is a Python number equal to 0."""
+def _check_alpha(alpha, C: int) -> None:
+    """``alpha``'s type and shape, and its value when it is a number."""
     if isinstance(alpha, bool) or not isinstance(alpha, (numbers.Real, Tensor)):
         raise TypeError(f"alpha must be a float or a tensor, got {type(alpha).__name__}")
     if isinstance(alpha, Tensor):
@@ -188,32 +212,56 @@ def _check_alpha(alpha, C: int) -> bool:
                 f"alpha must be a scalar or have shape ({C},) (one per channel), got shape "
                 f"{tuple(alpha.shape)}"
             )
-        if _can_inspect_values(alpha):
-            a = alpha.detach()
-            if torch.isnan(a).any():
-                raise ValueError("alpha must not be NaN")
-            if (a < 0).any():
-                raise ValueError(f"alpha must be >= 0, got min {a.min().item():g}")
-        return False
+        return
     alpha = float(alpha)
     if math.isnan(alpha):
         raise ValueError("alpha must not be NaN")
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha:g}")
-    return alpha == 0.0
 
 
-def _can_inspect_values(t: Tensor) -> bool:
-    """Value checks read the tensor on the host: skipped while tracing or capturing a graph."""
-    if torch.compiler.is_compiling():
-        return False
-    if t.is_cuda and torch.cuda.is_current_stream_capturing():
-        return False
-    return t.device.type != "meta"
+def _check_alpha_values(alpha: Tensor, host: bool) -> None:
+    """No negative or NaN value: read on the host, or asserted on the device (no sync)."""
+    a = alpha.detach()
+    if host:
+        if torch.isnan(a).any():
+            raise ValueError("alpha must not be NaN")
+        if (a < 0).any():
+            raise ValueError(f"alpha must be >= 0, got min {a.min().item():g}")
+    elif not torch.compiler.is_compiling():
+        torch._assert_async((a >= 0).all(), "anoise: alpha must be >= 0 and not NaN")
 
 
-def _check_options(x, running_var, num_batches_tracked, momentum, eps, seed, updates) -> None:
+def _check_flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
+    return value
+
+
+def _check_momentum(momentum) -> float | None:
+    if momentum is None:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"momentum must be a float or None, got {type(momentum).__name__}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
+    return float(momentum)
+
+
+def _check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 (it keeps sigma finite), got {eps}")
+    return float(eps)
+
+
+def _check_options(x, running_var, num_batches_tracked, training, momentum, eps, stats_grad,
+                   seed, sync_stats, updates) -> None:
     C = x.shape[1]
+    _check_flag(training, "training")
+    _check_flag(stats_grad, "stats_grad")
+    _check_flag(sync_stats, "sync_stats")
     if running_var is not None:
         if not isinstance(running_var, Tensor):
             raise TypeError(f"running_var must be a tensor, got {type(running_var).__name__}")
@@ -233,21 +281,14 @@ def _check_options(x, running_var, num_batches_tracked, momentum, eps, seed, upd
             _check_updatable(running_var, "running_var")
     if num_batches_tracked is not None:
         _check_num_batches_tracked(num_batches_tracked, x.device, updates)
-    if momentum is None:
-        if running_var is not None and num_batches_tracked is None:
-            raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
-    elif isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-        raise TypeError(f"momentum must be a float or None, got {type(momentum).__name__}")
-    elif not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0 (it keeps sigma finite), got {eps}")
+    if momentum is None and running_var is not None and num_batches_tracked is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    _check_momentum(momentum)
+    _check_eps(eps)
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        if not 0 <= seed <= _SEED_MAX:
+        if not 0 <= int(seed) <= _SEED_MAX:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
 
 
@@ -258,6 +299,8 @@ def _check_updatable(buffer: Tensor, name: str) -> None:
             f"{name} has overlapping memory (an expanded tensor) and cannot be updated in place; "
             "pass a tensor of its own (e.g. .clone())"
         )
+    if torch.compiler.is_compiling():  # dynamo cannot trace is_inference()
+        return
     if buffer.is_inference() and not torch.is_inference_mode_enabled():
         raise ValueError(
             f"{name} is an inference tensor (made under torch.inference_mode) and cannot be "

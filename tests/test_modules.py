@@ -206,6 +206,54 @@ def test_set_alpha_and_ensemble_predict():
         anoise.ensemble_predict(student, x, samples=0)
 
 
+@pytest.mark.parametrize("options", [{}, dict(per_channel_alpha=True),
+                                     dict(learnable_alpha=True)])
+def test_set_alpha_survives_a_state_dict_round_trip(tmp_path, options):
+    layers = (nn.Conv2d, nn.Linear)
+    student = anoise.to_stochastic(_teacher(), 0.1, layers=layers, **options)
+    anoise.set_alpha(student, 0.35)
+    torch.save(student.state_dict(), tmp_path / "student.pt")
+    fresh = anoise.to_stochastic(_teacher(), 0.1, layers=layers, **options)
+    fresh.load_state_dict(torch.load(tmp_path / "student.pt"))
+    for layer in anoise.noise_layers(fresh):
+        torch.testing.assert_close(layer.alpha, torch.full_like(layer.alpha, 0.35))
+    fresh.eval()
+    x = torch.randn(3, 3, 8, 8)
+    torch.manual_seed(5)
+    expected = student.eval()(x)
+    torch.manual_seed(5)
+    torch.testing.assert_close(fresh(x), expected)
+
+
+def test_state_dict_without_alpha_keeps_the_current_value():
+    saved = AdaptiveNoise(3, 0.25).state_dict()
+    del saved["alpha"]  # as saved before alpha was state
+    layer = AdaptiveNoise(3, 0.4)
+    assert not layer.load_state_dict(saved).missing_keys
+    assert layer.alpha.item() == pytest.approx(0.4)
+
+
+def test_alpha_is_checked_when_set_and_updated_in_place():
+    layer = AdaptiveNoise(3, 0.1, learnable_alpha=True)
+    param = layer.alpha
+    layer.alpha = 0.5
+    assert layer.alpha is param and layer.alpha.item() == 0.5
+    layer.alpha = torch.tensor(0.25)
+    assert layer.alpha is param and layer.alpha.item() == 0.25
+    for bad, err in [(-1.0, ValueError), (float("nan"), ValueError), (torch.ones(3), ValueError),
+                     (torch.tensor(-0.5), ValueError), ("0.2", TypeError)]:
+        with pytest.raises(err, match="alpha"):
+            layer.alpha = bad
+    assert layer.alpha.item() == 0.25
+    buffered = AdaptiveNoise(3, 0.1, per_channel_alpha=True)
+    buffered.alpha = torch.tensor([0.1, 0.2, 0.3])
+    assert "alpha" in dict(buffered.named_buffers())
+    bad_state = {**buffered.state_dict(), "alpha": torch.tensor([0.1, -0.2, 0.3])}
+    with pytest.raises(RuntimeError, match="alpha must be >= 0"):
+        buffered.load_state_dict(bad_state)
+    torch.testing.assert_close(buffered.alpha, torch.tensor([0.1, 0.2, 0.3]))
+
+
 def test_calibrate_fills_running_var_without_changing_weights():
     student = anoise.to_stochastic(_teacher(), 0.1)
     student.eval()
