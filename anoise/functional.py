@@ -221,14 +221,15 @@ def _check_alpha(alpha, C: int) -> None:
 
 
 def _check_alpha_values(alpha: Tensor, host: bool) -> None:
-    """No negative or NaN value: read on the host, or asserted on the device (no sync)."""
+    """No negative or NaN value: read on the host, or asserted on the device (no sync; also
+    what a traced graph does)."""
     a = alpha.detach()
-    if host:
+    if host and not torch.compiler.is_compiling():
         if torch.isnan(a).any():
             raise ValueError("alpha must not be NaN")
         if (a < 0).any():
             raise ValueError(f"alpha must be >= 0, got min {a.min().item():g}")
-    elif not torch.compiler.is_compiling():
+    else:
         torch._assert_async((a >= 0).all(), "anoise: alpha must be >= 0 and not NaN")
 
 

@@ -162,6 +162,12 @@ class AdaptiveNoise(nn.Module):
             process_group=self.process_group,
         )
 
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            "anoise: AdaptiveNoise layers cannot be compiled by torch.jit.script (TorchScript "
+            "cannot call their Python custom ops); use torch.compile or torch.export instead"
+        )
+
     def reset_running_stats(self) -> None:
         self.running_var.fill_(1)
         self.num_batches_tracked.zero_()
