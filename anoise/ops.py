@@ -7,12 +7,13 @@ Backward regenerates the noise from the seed: forward saves ``x`` (only when the
 differentiated), the ``(C,)`` statistics and the seed, never the noise; it computes ``g`` only
 when a gradient needs it.
 
-:func:`noise_batch` and :func:`noise_scaled` are the differentiable entry points.  In eager
-mode they go through :class:`torch.autograd.Function` twins of the ops that add what the
-``torch.library`` autograd lacks: ``setup_context`` (so ``torch.func.grad`` / ``vjp`` /
-``jacrev`` work), forward-mode formulas (``torch.func.jvp`` / ``jacfwd``, dual tensors) and a
-vmap rule.  Under ``torch.compile`` / ``torch.export`` they call the ops themselves: dynamo
-cannot trace an ``autograd.Function`` with a custom ``jvp``.
+:func:`noise_batch` and :func:`noise_scaled` are the differentiable entry points.  Ordinary
+autograd and ``torch.compile`` use the ops' own (``torch.library``) autograd.  Under
+``torch.func`` transforms or forward-mode AD they go through :class:`torch.autograd.Function`
+twins of the ops, with the same formulas plus what the ``torch.library`` autograd lacks:
+``setup_context`` (so ``torch.func.grad`` / ``vjp`` / ``jacrev`` work), forward-mode formulas
+(``torch.func.jvp`` / ``jacfwd``, dual tensors) and a vmap rule.  Only then: the twins cost some
+Python per call, and dynamo cannot trace an ``autograd.Function`` with a custom ``jvp``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.autograd.forward_ad as _forward_ad
 from torch import Tensor
 
 from . import backends as _backends
@@ -297,16 +299,22 @@ class _ForwardScaled(torch.autograd.Function):
     jvp = staticmethod(_forward_scaled_jvp)
 
 
+def _functorch_or_forward_ad() -> bool:
+    if torch.compiler.is_compiling():
+        return False
+    return torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
+
+
 def noise_batch(x: Tensor, alpha: Tensor, seed: Tensor, eps: float, stats_grad: bool,
                 backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`forward_batch`, differentiable in every autograd mode (see the module doc)."""
-    if torch.compiler.is_compiling():
-        return forward_batch(x, alpha, seed, eps, stats_grad, backend)
-    return _ForwardBatch.apply(x, alpha, seed, eps, stats_grad, backend)
+    if _functorch_or_forward_ad():
+        return _ForwardBatch.apply(x, alpha, seed, eps, stats_grad, backend)
+    return forward_batch(x, alpha, seed, eps, stats_grad, backend)
 
 
 def noise_scaled(x: Tensor, scale: Tensor, seed: Tensor, backend: str) -> Tensor:
     """:func:`forward_scaled`, differentiable in every autograd mode (see the module doc)."""
-    if torch.compiler.is_compiling():
-        return forward_scaled(x, scale, seed, backend)
-    return _ForwardScaled.apply(x, scale, seed, backend)
+    if _functorch_or_forward_ad():
+        return _ForwardScaled.apply(x, scale, seed, backend)
+    return forward_scaled(x, scale, seed, backend)
