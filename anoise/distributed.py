@@ -113,8 +113,9 @@ class SyncAdaptiveNoise(torch.autograd.Function):
     def backward(ctx, dy, _dvar, _dM):
         x, alpha, mean, sigma, seed_t = ctx.saved_tensors
         sdtype = sigma.dtype
-        g_local = _noise_dot(dy, seed_t, ctx.offset, ctx.backend, sdtype)
-        dx = None
+        dx = g_local = None
+        if ctx.stats_grad or ctx.needs_input_grad[1]:  # the noise is regenerated only for G
+            g_local = _noise_dot(dy, seed_t, ctx.offset, ctx.backend, sdtype)
         if ctx.stats_grad:  # every rank joins the all-reduce, whatever it needs
             g = g_local.clone()
             dist.all_reduce(g, group=ctx.group)

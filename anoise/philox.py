@@ -113,6 +113,9 @@ def noise_like(x: torch.Tensor, seed: int, offset: int = 0, chunk: int = 1 << 22
     temporaries.
     """
     n = x.numel()
+    if n <= chunk:  # one piece, written nowhere in place: vmap can batch the seed
+        idx = torch.arange(offset, offset + n, dtype=torch.int64, device=x.device)
+        return philox_normal(seed, idx).view(x.shape)
     out = torch.empty(n, dtype=torch.float32, device=x.device)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)

@@ -173,3 +173,21 @@ def test_second_derivatives_raise(device, backend, mode):
     gx, ga = torch.autograd.grad((y * y).sum(), (x, alpha), create_graph=True)
     with pytest.raises(RuntimeError, match="second derivatives"):
         (gx.sum() + ga.sum()).backward()
+
+
+@pytest.mark.parametrize("device, backend", CASES)
+def test_vmap_draws_seeds_as_its_randomness_flag_says(device, backend):
+    xs = torch.randn(3, 4, 2, 5, dtype=torch.float64, device=device)
+    sigma = xs.var((1, 3), unbiased=False).add(1e-5).sqrt()[:, None, :, None]
+
+    def standard_noise(randomness):
+        f = torch.func.vmap(lambda x: AF.adaptive_noise(x, 0.5, backend=backend),
+                            randomness=randomness)
+        return (f(xs) - xs) / (0.5 * sigma)
+
+    same = standard_noise("same")
+    torch.testing.assert_close(same[1], same[0], rtol=1e-5, atol=1e-5)
+    different = standard_noise("different")
+    assert not torch.allclose(different[1], different[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="randomness='error'; pass seed="):
+        standard_noise("error")
