@@ -47,10 +47,10 @@ class AdaptiveNoise(nn.Module):
 
     ``alpha`` is state: an ``nn.Parameter`` when learnable, else a buffer, so it is saved in
     the ``state_dict`` (one without it, e.g. a teacher's, leaves the current value).  It is
-    checked when it is set (here, by assignment, :func:`anoise.set_alpha` or
-    ``load_state_dict``), never in forward, which would read it back from the device.  Assigning
-    a number or tensor to ``alpha`` updates it in place; a learnable ``alpha`` is then left to
-    the optimiser (its sign does not change the noise's distribution).
+    checked when it is set (here, by assignment, by :func:`anoise.set_alpha` and, unless
+    learnable, by ``load_state_dict``), never in forward, which would read it back from the
+    device.  Assigning a number or tensor to ``alpha`` updates it in place.  A learnable
+    ``alpha`` is left to the optimiser (its sign does not change the noise's distribution).
 
     Args:
         num_channels: C of an ``(N, C, *S)`` input.
