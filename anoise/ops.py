@@ -283,20 +283,17 @@ def _(info, in_dims, like):
     )
 
 
-class _ForwardBatch(torch.autograd.Function):
-    generate_vmap_rule = True
-    forward = staticmethod(forward_batch)
-    setup_context = staticmethod(_forward_batch_setup)
-    backward = staticmethod(_forward_batch_backward)
-    jvp = staticmethod(_forward_batch_jvp)
+def _function_twin(name, op, setup_context, backward, jvp):
+    """An ``autograd.Function`` computing ``op`` with the op's own autograd formulas."""
+    methods = dict(forward=op, setup_context=setup_context, backward=backward, jvp=jvp)
+    return type(name, (torch.autograd.Function,), {
+        "generate_vmap_rule": True, **{k: staticmethod(f) for k, f in methods.items()}})
 
 
-class _ForwardScaled(torch.autograd.Function):
-    generate_vmap_rule = True
-    forward = staticmethod(forward_scaled)
-    setup_context = staticmethod(_forward_scaled_setup)
-    backward = staticmethod(_forward_scaled_backward)
-    jvp = staticmethod(_forward_scaled_jvp)
+_ForwardBatch = _function_twin("_ForwardBatch", forward_batch, _forward_batch_setup,
+                               _forward_batch_backward, _forward_batch_jvp)
+_ForwardScaled = _function_twin("_ForwardScaled", forward_scaled, _forward_scaled_setup,
+                                _forward_scaled_backward, _forward_scaled_jvp)
 
 
 def _functorch_or_forward_ad() -> bool:
