@@ -183,7 +183,7 @@ def _forward_scaled_backward(ctx, dy):
 
 def _forward_scaled_jvp(ctx, tx, tscale, *_):
     if tscale is None:
-        return tx.clone()
+        return tx
     (seed,) = ctx.saved_tensors
     return forward_scaled(_tangent_or_zeros(tx, ctx), tscale, seed, ctx.backend)
 

@@ -191,3 +191,12 @@ def test_vmap_draws_seeds_as_its_randomness_flag_says(device, backend):
     assert not torch.allclose(different[1], different[0], rtol=1e-5, atol=1e-5)
     with pytest.raises(RuntimeError, match="randomness='error'; pass seed="):
         standard_noise("error")
+
+
+@pytest.mark.parametrize("device, backend", CASES)
+def test_jvp_in_eval_with_a_constant_alpha_is_the_identity(device, backend):
+    x, _ = _inputs(device)
+    tx = torch.randn_like(x)
+    f = _noise("running", backend)
+    _, ty = torch.func.jvp(lambda x: f(x, 0.3), (x,), (tx,))
+    torch.testing.assert_close(ty, tx, rtol=0, atol=0)
