@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Iterable
 
 import torch
@@ -17,44 +18,58 @@ def to_stochastic(
     model: nn.Module,
     alpha: float = 0.1,
     *,
-    layers: tuple[type, ...] = (nn.Conv2d,),
-    exclude: Iterable[str | type] = (),
+    layers: type | Iterable[type] = (nn.Conv2d,),
+    exclude: str | type | Iterable[str | type] = (),
     **noise_options,
 ) -> nn.Module:
     """A teacher-initialised stochastic student of ``model``.
 
     Returns a deep copy of ``model`` in which every module whose type is one of ``layers``
-    (``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d``, ``nn.Linear``) is replaced by its
-    ``AdaptiveNoise*`` twin with the weights copied.  Types match exactly: a subclass, such as
-    the output projection of ``nn.MultiheadAttention`` (used through its weights, never its
-    forward), is left alone.  ``exclude`` holds qualified module names (``"fc"``,
-    ``"layer1.0.conv1"``) or types to leave deterministic.  ``model`` itself is not changed.
+    (``nn.Conv1d/2d/3d``, ``nn.ConvTranspose1d/2d/3d``, ``nn.Linear``; one type or several) is
+    replaced by its ``AdaptiveNoise*`` twin with the weights copied; ``model`` itself may be such
+    a layer.  Types match exactly: a subclass, such as the output projection of
+    ``nn.MultiheadAttention`` (used through its weights, never its forward), is left alone.  A
+    module reachable under several names (weight sharing) becomes one twin, still shared.
+    ``exclude`` holds qualified module names (``"fc"``, ``"layer1.0.conv1"``) or types to leave
+    deterministic (one name or type, or several); a name that ``model`` lacks raises.
+    ``noise_options`` go to the twins (``device`` / ``dtype``: where the twins are built,
+    default the layer's own).  ``model`` itself is not changed.
     """
-    layers = tuple(layers)
+    layers = (layers,) if isinstance(layers, type) else tuple(layers)
     for layer in layers:
         if layer not in _TWINS:
             names = ", ".join(f"nn.{t.__name__}" for t in _TWINS)
-            raise ValueError(f"layers may contain only {names}; got {layer.__name__}")
-    exclude = tuple(exclude)
+            name = getattr(layer, "__name__", repr(layer))
+            raise ValueError(f"layers may contain only {names}; got {name}")
+    exclude = (exclude,) if isinstance(exclude, (str, type)) else tuple(exclude)
+    names = dict(model.named_modules(remove_duplicate=False))
     for e in exclude:
         if not isinstance(e, (str, type)):
             raise TypeError(f"exclude must hold module names or types, got {e!r}")
+        if isinstance(e, str) and e not in names:
+            raise ValueError(f"exclude: the model has no module named {e!r}")
     student = copy.deepcopy(model)
-    _replace(student, "", layers, exclude, alpha, noise_options)
-    return student
+    excluded = {id(m) for name, m in student.named_modules(remove_duplicate=False)
+                if name in exclude}
+    skip = tuple(e for e in exclude if isinstance(e, type))
+    twins = {}  # id(module) -> its replacement: a shared module is converted once
 
+    def convert(module: nn.Module) -> nn.Module:
+        if id(module) not in twins:
+            twins[id(module)] = module
+            twin = next((_TWINS[t] for t in layers if type(module) is t), None)
+            if id(module) in excluded or isinstance(module, skip):
+                pass
+            elif twin is not None:
+                twins[id(module)] = twin.from_module(module, alpha=alpha, **noise_options)
+            else:
+                for name, child in list(module._modules.items()):
+                    new = convert(child) if child is not None else None
+                    if new is not child:
+                        setattr(module, name, new)
+        return twins[id(module)]
 
-def _replace(parent: nn.Module, prefix: str, layers, exclude, alpha, noise_options) -> None:
-    for name, child in list(parent.named_children()):
-        qualname = prefix + name
-        if qualname in exclude or any(isinstance(e, type) and isinstance(child, e)
-                                      for e in exclude):
-            continue
-        twin = next((_TWINS[t] for t in layers if type(child) is t), None)
-        if twin is not None:
-            setattr(parent, name, twin.from_module(child, alpha=alpha, **noise_options))
-        else:
-            _replace(child, qualname + ".", layers, exclude, alpha, noise_options)
+    return convert(student)
 
 
 def noise_layers(model: nn.Module) -> list[AdaptiveNoise]:
@@ -63,17 +78,17 @@ def noise_layers(model: nn.Module) -> list[AdaptiveNoise]:
 
 
 def set_alpha(model: nn.Module, alpha: float) -> nn.Module:
-    """Set the degree of stochasticity ``alpha`` of every noise layer of ``model``."""
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+    """Set the degree of stochasticity ``alpha`` of every noise layer of ``model``.
+
+    The value is written into each layer's ``alpha`` (a buffer, or the parameter when it is
+    learnable), so it is saved with the ``state_dict``.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
         raise TypeError(f"alpha must be a float, got {type(alpha).__name__}")
     if math.isnan(alpha) or alpha < 0:
         raise ValueError(f"alpha must be a float >= 0, got {alpha}")
     for layer in noise_layers(model):
-        if isinstance(layer.alpha, Tensor):
-            with torch.no_grad():
-                layer.alpha.fill_(alpha)
-        else:
-            layer.alpha = float(alpha)
+        layer.alpha = float(alpha)
     return model
 
 
@@ -83,28 +98,35 @@ def calibrate(model: nn.Module, batches: Iterable) -> nn.Module:
 
     Each noise layer's ``running_var`` becomes the average of the (unbiased) batch variances
     seen.  Every other module runs in eval mode, so BatchNorm statistics and dropout are left
-    alone.  ``batches`` yields inputs, or tuples/lists whose first item is the input.
+    alone.  ``batches`` yields inputs, or tuples/lists whose first item is the input.  The
+    statistics are gathered in fresh buffers and copied into the layers' own only when every
+    batch has run: if ``batches`` is empty or anything raises, the model is left as it was.
     """
     layers = noise_layers(model)
     if not layers:
         raise ValueError("calibrate: the model has no AdaptiveNoise layers")
     modes = {m: m.training for m in model.modules()}
-    momenta = {layer: layer.momentum for layer in layers}
+    kept = {layer: (layer.running_var, layer.num_batches_tracked, layer.momentum)
+            for layer in layers}
     model.eval()
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # cumulative average over the calibration batches
-        layer.train()
     try:
+        for layer in layers:
+            layer.running_var = torch.ones_like(layer.running_var)
+            layer.num_batches_tracked = torch.zeros_like(layer.num_batches_tracked)
+            layer.momentum = None  # cumulative average over the calibration batches
+            layer.train()
         seen = 0
         for batch in batches:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            model(x)
+            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
             seen += 1
         if seen == 0:
             raise ValueError("calibrate: batches yielded nothing")
+        for layer, (running_var, num_batches_tracked, _) in kept.items():
+            running_var.copy_(layer.running_var)
+            num_batches_tracked.copy_(layer.num_batches_tracked)
     finally:
-        for layer, momentum in momenta.items():
+        for layer, (running_var, num_batches_tracked, momentum) in kept.items():
+            layer.running_var, layer.num_batches_tracked = running_var, num_batches_tracked
             layer.momentum = momentum
         for m, mode in modes.items():
             m.training = mode

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from . import backends as _backends
-from .ops import _view3d
+from .ops import _shaped, _view3d
 from .philox import noise_like
 from .reference import stat_dtype
 
@@ -65,19 +65,17 @@ def _merge(counts: list[int], means: list[Tensor], m2s: list[Tensor]):
 def _inject(x, scale, seed_t, offset, backend):
     """``x + scale_c * eps`` with the noise of logical indices ``offset + i``."""
     if backend == "reference":
-        seed = int(seed_t.item()) & (2**64 - 1)
-        noise = noise_like(x, seed, offset).to(scale.dtype)
+        noise = noise_like(x, seed_t, offset).to(scale.dtype)
         return (x.to(scale.dtype) + _per_channel(scale, x.dim()) * noise).to(x.dtype)
     y3 = _backends.launcher(backend).forward_scaled(_view3d(x), scale, seed_t,
                                                      index_base=offset)
-    return y3.reshape(x.shape)
+    return _shaped(y3, x.shape)
 
 
 def _noise_dot(dy, seed_t, offset, backend, dtype):
     """``G_c = sum(dy * eps)`` over this rank's elements of channel ``c``."""
     if backend == "reference":
-        seed = int(seed_t.item()) & (2**64 - 1)
-        return (dy.to(dtype) * noise_like(dy, seed, offset).to(dtype)).sum(_dims(dy))
+        return (dy.to(dtype) * noise_like(dy, seed_t, offset).to(dtype)).sum(_dims(dy))
     return _backends.launcher(backend).noise_dot(_view3d(dy), seed_t, index_base=offset)
 
 
@@ -115,8 +113,9 @@ class SyncAdaptiveNoise(torch.autograd.Function):
     def backward(ctx, dy, _dvar, _dM):
         x, alpha, mean, sigma, seed_t = ctx.saved_tensors
         sdtype = sigma.dtype
-        g_local = _noise_dot(dy, seed_t, ctx.offset, ctx.backend, sdtype)
-        dx = None
+        dx = g_local = None
+        if ctx.stats_grad or ctx.needs_input_grad[1]:  # the noise is regenerated only for G
+            g_local = _noise_dot(dy, seed_t, ctx.offset, ctx.backend, sdtype)
         if ctx.stats_grad:  # every rank joins the all-reduce, whatever it needs
             g = g_local.clone()
             dist.all_reduce(g, group=ctx.group)

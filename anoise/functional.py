@@ -68,22 +68,45 @@ def adaptive_noise(
 
     Returns:
         A tensor like ``x``.  With a float ``alpha == 0`` this is ``x`` itself.
+
+    A tensor ``alpha`` is checked for negative and NaN values on the host when it is on the
+    CPU; elsewhere on the device (``torch._assert_async``), as reading it back would
+    synchronise: a bad value there fails a device-side assertion.
     """
-    if (type(channels_dim) is not int or channels_dim != 1) and (
-        x3 := _channels_view(x, channels_dim)
-    ) is not x:
-        y3 = adaptive_noise(
+    x3 = _channels_view(x, channels_dim)
+    _check_input(x3)
+    _check_alpha(alpha, x3.shape[1])
+    if isinstance(alpha, Tensor):
+        _check_alpha_values(alpha, host=alpha.device.type == "cpu")
+    return _adaptive_noise(
+        x, alpha, running_var=running_var, num_batches_tracked=num_batches_tracked,
+        training=training, momentum=momentum, eps=eps, stats_grad=stats_grad, seed=seed,
+        backend=backend, sync_stats=sync_stats, process_group=process_group,
+        channels_dim=channels_dim,
+    )
+
+
+def _adaptive_noise(x, alpha, *, running_var, num_batches_tracked, training, momentum, eps,
+                    stats_grad, seed, backend, sync_stats, process_group,
+                    channels_dim=1) -> Tensor:
+    """:func:`adaptive_noise` once ``x`` and ``alpha`` are checked.
+
+    The modules call this directly: they check their ``alpha`` when it is set, so their
+    forward reads none of its values.
+    """
+    if (x3 := _channels_view(x, channels_dim)) is not x:
+        y3 = _adaptive_noise(
             x3, alpha, running_var=running_var, num_batches_tracked=num_batches_tracked,
             training=training, momentum=momentum, eps=eps, stats_grad=stats_grad, seed=seed,
             backend=backend, sync_stats=sync_stats, process_group=process_group,
         )
         return x if y3 is x3 else y3.reshape(x.shape)
-    _check_input(x)
     C = x.shape[1]
-    alpha_is_zero = _check_alpha(alpha, C)
-    _check_options(x, running_var, num_batches_tracked, momentum, eps, seed)
-    use_batch_stats = training or running_var is None
     update_running = training and running_var is not None
+    _check_options(x, running_var, num_batches_tracked, training, momentum, eps, stats_grad,
+                   seed, sync_stats, update_running)
+    alpha_is_zero = not isinstance(alpha, Tensor) and float(alpha) == 0.0
+    use_batch_stats = training or running_var is None
     name = _backends.resolve_for(backend, x.device.type)
     if sync_stats and use_batch_stats and _dist.is_active(process_group):
         return _adaptive_noise_sync(
@@ -96,8 +119,8 @@ def adaptive_noise(
     if use_batch_stats and M == 1:
         warnings.warn(
             "adaptive_noise: one value per channel in batch mode: the variance is 0, so "
-            "sigma = sqrt(eps), and the running variance is not updated",
-            stacklevel=2,
+            "sigma = sqrt(eps), and the batch is not counted in the running variance",
+            stacklevel=3,
         )
     if alpha_is_zero:
         if update_running:
@@ -109,16 +132,16 @@ def adaptive_noise(
     seed_t = _seed_tensor(seed, x)
     if use_batch_stats:
         if name == "reference":
-            y, _, var = _ref.adaptive_noise_batch(x, alpha_c, _seed_int(seed_t), eps, stats_grad)
+            y, _, var = _ref.adaptive_noise_batch(x, alpha_c, seed_t, eps, stats_grad)
         else:
-            y, _, var = _ops.forward_batch(x, alpha_c, seed_t, float(eps), stats_grad, name)
+            y, _, var = _ops.noise_batch(x, alpha_c, seed_t, float(eps), stats_grad, name)
         if update_running:
             _update_running(running_var, num_batches_tracked, var, M, momentum)
         return y
     scale = alpha_c * torch.sqrt(running_var.to(sdtype) + eps)
     if name == "reference":
-        return _ref.adaptive_noise_scaled(x, scale, _seed_int(seed_t))
-    return _ops.forward_scaled(x, scale, seed_t, name)
+        return _ref.adaptive_noise_scaled(x, scale, seed_t)
+    return _ops.noise_scaled(x, scale, seed_t, name)
 
 
 def _adaptive_noise_sync(x, alpha, alpha_is_zero, seed, eps, stats_grad, group, running_var,
@@ -145,6 +168,8 @@ def _channels_view(x: Tensor, channels_dim: int) -> Tensor:
     noise); it is a view, not a copy, whenever the dims on each side of ``d`` can be merged (any
     contiguous tensor, or a slice of one along its last dim).
     """
+    if type(channels_dim) is int and channels_dim == 1:
+        return x  # x's own checks say what is wrong with it
     if isinstance(channels_dim, bool) or not isinstance(channels_dim, int):
         raise TypeError(f"channels_dim must be an int, got {type(channels_dim).__name__}")
     if not isinstance(x, Tensor):
@@ -163,29 +188,38 @@ def _channels_view(x: Tensor, channels_dim: int) -> Tensor:
 
 
 def _seed_tensor(seed: int | None, x: Tensor) -> Tensor:
+    """The seed as a ``(1,)`` int64 tensor on ``x``'s device (its 64 bits, two's complement).
+
+    An explicit seed is written by a fill kernel, not copied from the host, so it can be
+    captured in a CUDA graph (where host-to-device copies are not allowed).
+    """
     if seed is None:
         return _ops.draw_seed(x)
-    signed = seed - 2**64 if seed >= 2**63 else seed  # same 64 bits, as int64
-    return torch.tensor([signed], dtype=torch.int64, device=x.device)
+    seed = int(seed)
+    signed = seed - 2**64 if seed >= 2**63 else seed
+    return torch.full((1,), signed, dtype=torch.int64, device=x.device)
 
 
-def _seed_int(seed_t: Tensor) -> int:
-    return int(seed_t.item()) & _SEED_MAX
-
-
-@torch.no_grad()
 def _update_running(running_var, num_batches_tracked, var, M, momentum):
-    """``running_var`` as ``nn.BatchNorm`` updates it, with the unbiased batch variance."""
-    if num_batches_tracked is not None:
-        num_batches_tracked.add_(1)
+    """``running_var`` as ``nn.BatchNorm`` updates it, with the unbiased batch variance.
+
+    A batch with one value per channel has no variance: it is neither used nor counted.  The
+    new values are computed first and committed together at the end, so a failure leaves both
+    buffers as they were.  No ``no_grad``: the values carry no graph, and a traced (exported)
+    program must not hold a grad-mode switch.
+    """
     if M <= 1:
         return
+    count = None if num_batches_tracked is None else num_batches_tracked + 1
     if momentum is None:  # cumulative average; kept as a tensor so tracing needs no host sync
-        factor = 1.0 / num_batches_tracked.to(running_var.dtype)
+        factor = 1.0 / count.to(running_var.dtype)
     else:
         factor = momentum
-    unbiased = var.to(running_var.dtype) * (M / (M - 1))
-    running_var.mul_(1 - factor).add_(unbiased * factor)
+    unbiased = var.detach().to(running_var.dtype) * (M / (M - 1))
+    new_var = running_var * (1 - factor) + unbiased * factor
+    running_var.copy_(new_var)
+    if count is not None:
+        num_batches_tracked.copy_(count)
 
 
 def _per_channel_alpha(alpha, C: int, dtype: torch.dtype, device) -> Tensor:
@@ -209,8 +243,8 @@ def _check_input(x) -> None:
         )
 
 
-def _check_alpha(alpha, C: int) -> bool:
-    """Validate ``alpha``; True when it is a Python number equal to 0."""
+def _check_alpha(alpha, C: int) -> None:
+    """``alpha``'s type and shape, and its value when it is a number."""
     if isinstance(alpha, bool) or not isinstance(alpha, (numbers.Real, Tensor)):
         raise TypeError(f"alpha must be a float or a tensor, got {type(alpha).__name__}")
     if isinstance(alpha, Tensor):
@@ -221,32 +255,57 @@ def _check_alpha(alpha, C: int) -> bool:
                 f"alpha must be a scalar or have shape ({C},) (one per channel), got shape "
                 f"{tuple(alpha.shape)}"
             )
-        if _can_inspect_values(alpha):
-            a = alpha.detach()
-            if torch.isnan(a).any():
-                raise ValueError("alpha must not be NaN")
-            if (a < 0).any():
-                raise ValueError(f"alpha must be >= 0, got min {a.min().item():g}")
-        return False
+        return
     alpha = float(alpha)
     if math.isnan(alpha):
         raise ValueError("alpha must not be NaN")
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha:g}")
-    return alpha == 0.0
 
 
-def _can_inspect_values(t: Tensor) -> bool:
-    """Value checks read the tensor on the host: skipped while tracing or capturing a graph."""
-    if torch.compiler.is_compiling():
-        return False
-    if t.is_cuda and torch.cuda.is_current_stream_capturing():
-        return False
-    return t.device.type != "meta"
+def _check_alpha_values(alpha: Tensor, host: bool) -> None:
+    """No negative or NaN value: read on the host, or asserted on the device (no sync; also
+    what a traced graph does)."""
+    a = alpha.detach()
+    if host and not torch.compiler.is_compiling():
+        if torch.isnan(a).any():
+            raise ValueError("alpha must not be NaN")
+        if (a < 0).any():
+            raise ValueError(f"alpha must be >= 0, got min {a.min().item():g}")
+    else:
+        torch._assert_async((a >= 0).all(), "anoise: alpha must be >= 0 and not NaN")
 
 
-def _check_options(x, running_var, num_batches_tracked, momentum, eps, seed) -> None:
+def _check_flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool (True or False), got {value!r}")
+    return value
+
+
+def _check_momentum(momentum) -> float | None:
+    if momentum is None:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
+        raise TypeError(f"momentum must be a float or None, got {type(momentum).__name__}")
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
+    return float(momentum)
+
+
+def _check_eps(eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0 (it keeps sigma finite), got {eps}")
+    return float(eps)
+
+
+def _check_options(x, running_var, num_batches_tracked, training, momentum, eps, stats_grad,
+                   seed, sync_stats, updates) -> None:
     C = x.shape[1]
+    _check_flag(training, "training")
+    _check_flag(stats_grad, "stats_grad")
+    _check_flag(sync_stats, "sync_stats")
     if running_var is not None:
         if not isinstance(running_var, Tensor):
             raise TypeError(f"running_var must be a tensor, got {type(running_var).__name__}")
@@ -262,21 +321,53 @@ def _check_options(x, running_var, num_batches_tracked, momentum, eps, seed) -> 
             )
         if not running_var.is_floating_point():
             raise TypeError(f"running_var must be a floating tensor, got {running_var.dtype}")
-    if num_batches_tracked is not None and not isinstance(num_batches_tracked, Tensor):
-        raise TypeError("num_batches_tracked must be a tensor (an int64 buffer) or None")
-    if momentum is None:
-        if running_var is not None and num_batches_tracked is None:
-            raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
-    elif isinstance(momentum, bool) or not isinstance(momentum, numbers.Real):
-        raise TypeError(f"momentum must be a float or None, got {type(momentum).__name__}")
-    elif not 0.0 <= momentum <= 1.0:
-        raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0 (it keeps sigma finite), got {eps}")
+        if updates:
+            _check_updatable(running_var, "running_var")
+    if num_batches_tracked is not None:
+        _check_num_batches_tracked(num_batches_tracked, x.device, updates)
+    if momentum is None and running_var is not None and num_batches_tracked is None:
+        raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
+    _check_momentum(momentum)
+    _check_eps(eps)
     if seed is not None:
         if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
             raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        if not 0 <= seed <= _SEED_MAX:
+        if not 0 <= int(seed) <= _SEED_MAX:
             raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+
+
+def _check_updatable(buffer: Tensor, name: str) -> None:
+    """The buffer can be written in place (checked before anything is written)."""
+    if buffer.dim() and buffer.numel() > 1 and 0 in buffer.stride():
+        raise ValueError(
+            f"{name} has overlapping memory (an expanded tensor) and cannot be updated in place; "
+            "pass a tensor of its own (e.g. .clone())"
+        )
+    if torch.compiler.is_compiling():  # dynamo cannot trace is_inference()
+        return
+    if buffer.is_inference() and not torch.is_inference_mode_enabled():
+        raise ValueError(
+            f"{name} is an inference tensor (made under torch.inference_mode) and cannot be "
+            "updated outside inference mode; pass a .clone() made outside it"
+        )
+
+
+def _check_num_batches_tracked(nbt, device, updates: bool) -> None:
+    if not isinstance(nbt, Tensor):
+        raise TypeError(
+            f"num_batches_tracked must be a tensor (an int64 buffer) or None, got "
+            f"{type(nbt).__name__}"
+        )
+    if nbt.is_floating_point() or nbt.is_complex() or nbt.dtype == torch.bool:
+        raise TypeError(f"num_batches_tracked must be an integer tensor, got {nbt.dtype}")
+    if nbt.numel() != 1:
+        raise ValueError(
+            f"num_batches_tracked must hold one value (shape ()), got shape {tuple(nbt.shape)}"
+        )
+    if nbt.device != device:
+        raise ValueError(
+            f"num_batches_tracked is on {nbt.device} but x is on {device}; move both to one "
+            "device"
+        )
+    if updates:
+        _check_updatable(nbt, "num_batches_tracked")

@@ -13,12 +13,53 @@ from .backends import BACKEND_NAMES
 _EVAL_STATS = ("running", "batch")
 
 
+def _check_eval_stats(value) -> str:
+    if value not in _EVAL_STATS:
+        raise ValueError(f"eval_stats must be one of {_EVAL_STATS}, got {value!r}")
+    return value
+
+
+def _check_backend(value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"backend must be a str, got {type(value).__name__}")
+    if value != "auto" and value not in BACKEND_NAMES:
+        raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {value!r}")
+    return value
+
+
+def _check_channels_dim(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"channels_dim must be an int, got {type(value).__name__}")
+    return value
+
+
+# The options of AdaptiveNoise, checked whenever they are set (at construction or later), so
+# that a bad value fails at the line that sets it rather than in a later forward.
+_OPTION_CHECKS = {
+    "eval_stats": _check_eval_stats,
+    "noise_in_eval": lambda v: AF._check_flag(v, "noise_in_eval"),
+    "momentum": AF._check_momentum,
+    "eps": AF._check_eps,
+    "stats_grad": lambda v: AF._check_flag(v, "stats_grad"),
+    "backend": _check_backend,
+    "sync_stats": lambda v: AF._check_flag(v, "sync_stats"),
+    "channels_dim": _check_channels_dim,
+}
+
+
 class AdaptiveNoise(nn.Module):
     """``y = x + alpha * sigma_c * eps``: Gaussian noise scaled by each channel's std.
 
     In training, ``sigma_c`` comes from the batch and ``running_var`` is updated like
     ``nn.BatchNorm``'s.  In eval, the noise stays on (``noise_in_eval=True``) with ``sigma_c``
     from ``running_var`` (``eval_stats="running"``) or from the batch (``"batch"``).
+
+    ``alpha`` is state: an ``nn.Parameter`` when learnable, else a buffer, so it is saved in
+    the ``state_dict`` (one without it, e.g. a teacher's, leaves the current value).  It is
+    checked when it is set (here, by assignment, by :func:`anoise.set_alpha` and, unless
+    learnable, by ``load_state_dict``), never in forward, which would read it back from the
+    device.  Assigning a number or tensor to ``alpha`` updates it in place.  A learnable
+    ``alpha`` is left to the optimiser (its sign does not change the noise's distribution).
 
     Args:
         num_channels: C of an ``(N, C, *S)`` input (or of the dim ``channels_dim``).
@@ -28,7 +69,8 @@ class AdaptiveNoise(nn.Module):
         channels_dim: the dim that holds the channels: 1 for ``(N, C, *S)``, -1 for
             channels-last activations such as ``(N, L, C)`` tokens (no transpose copy).
         eval_stats, noise_in_eval, momentum, eps, stats_grad, backend, sync_stats,
-            process_group: see above and :func:`anoise.functional.adaptive_noise`.
+            process_group: see above and :func:`anoise.functional.adaptive_noise`; checked
+            whenever they are set.
     """
 
     def __init__(
@@ -53,15 +95,10 @@ class AdaptiveNoise(nn.Module):
         super().__init__()
         if isinstance(num_channels, bool) or not isinstance(num_channels, int) or num_channels < 1:
             raise ValueError(f"num_channels must be a positive int, got {num_channels!r}")
-        if eval_stats not in _EVAL_STATS:
-            raise ValueError(f"eval_stats must be one of {_EVAL_STATS}, got {eval_stats!r}")
-        if backend != "auto" and backend not in BACKEND_NAMES:
-            raise ValueError(f"backend must be 'auto' or one of {BACKEND_NAMES}, got {backend!r}")
-        AF._check_alpha(alpha, num_channels)
-        if isinstance(channels_dim, bool) or not isinstance(channels_dim, int):
-            raise TypeError(f"channels_dim must be an int, got {type(channels_dim).__name__}")
         self.num_channels = num_channels
         self.channels_dim = channels_dim
+        self.learnable_alpha = AF._check_flag(learnable_alpha, "learnable_alpha")
+        self.per_channel_alpha = AF._check_flag(per_channel_alpha, "per_channel_alpha")
         self.eval_stats = eval_stats
         self.noise_in_eval = noise_in_eval
         self.momentum = momentum
@@ -70,25 +107,53 @@ class AdaptiveNoise(nn.Module):
         self.backend = backend
         self.sync_stats = sync_stats
         self.process_group = process_group
-        self.learnable_alpha = learnable_alpha
-        self.per_channel_alpha = per_channel_alpha
-        if learnable_alpha or per_channel_alpha:
-            shape = (num_channels,) if per_channel_alpha else ()
-            value = torch.full(shape, float(alpha), device=device, dtype=dtype)
-            if learnable_alpha:
-                self.alpha = nn.Parameter(value)
-            else:
-                self.register_buffer("alpha", value)
+        shape = (num_channels,) if per_channel_alpha else ()
+        value = torch.empty(shape, device=device, dtype=dtype)
+        self._write_alpha(value, alpha)
+        if learnable_alpha:
+            self.alpha = nn.Parameter(value)
         else:
-            self.alpha = float(alpha)
+            self.register_buffer("alpha", value)
         self.register_buffer("running_var", torch.ones(num_channels, device=device))
         self.register_buffer(
             "num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device)
         )
 
+    def __setattr__(self, name, value):
+        check = _OPTION_CHECKS.get(name)
+        if check is not None:
+            value = check(value)
+        elif name == "alpha" and "alpha" in {**self._parameters, **self._buffers}:
+            if not isinstance(value, nn.Parameter):
+                self._write_alpha(self.alpha, value)
+                return
+            self._checked_alpha(value, self.alpha)
+        super().__setattr__(name, value)
+
+    def _checked_alpha(self, value, like: Tensor):
+        """``value`` if it is a valid alpha for a tensor like ``like``; else raises."""
+        AF._check_alpha(value, self.num_channels)
+        if isinstance(value, Tensor):
+            if value.dim() > like.dim():
+                raise ValueError(
+                    f"alpha must be a scalar (per_channel_alpha=False), got shape "
+                    f"{tuple(value.shape)}"
+                )
+            AF._check_alpha_values(value, host=True)
+        return value
+
+    @torch.no_grad()
+    def _write_alpha(self, dst: Tensor, value) -> None:
+        value = self._checked_alpha(value, dst)
+        if isinstance(value, Tensor):
+            dst.copy_(value)
+        else:
+            dst.fill_(float(value))
+
     def forward(self, x: Tensor) -> Tensor:
         d = self.channels_dim
-        if isinstance(x, Tensor) and -x.dim() <= d < x.dim() and x.shape[d] != self.num_channels:
+        AF._check_input(AF._channels_view(x, d))
+        if x.shape[d] != self.num_channels:
             raise ValueError(
                 f"{type(self).__name__} expects {self.num_channels} channels in dim {d}, got "
                 f"input of shape {tuple(x.shape)}"
@@ -96,7 +161,7 @@ class AdaptiveNoise(nn.Module):
         if not self.training and not self.noise_in_eval:
             return x
         use_running = self.training or self.eval_stats == "running"
-        return AF.adaptive_noise(
+        return AF._adaptive_noise(
             x,
             self.alpha,
             running_var=self.running_var if use_running else None,
@@ -105,10 +170,17 @@ class AdaptiveNoise(nn.Module):
             momentum=self.momentum,
             eps=self.eps,
             stats_grad=self.stats_grad,
+            seed=None,
             backend=self.backend,
             sync_stats=self.sync_stats,
             process_group=self.process_group,
             channels_dim=self.channels_dim,
+        )
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            "anoise: AdaptiveNoise layers cannot be compiled by torch.jit.script (TorchScript "
+            "cannot call their Python custom ops); use torch.compile or torch.export instead"
         )
 
     def reset_running_stats(self) -> None:
@@ -116,7 +188,10 @@ class AdaptiveNoise(nn.Module):
         self.num_batches_tracked.zero_()
 
     def extra_repr(self) -> str:
-        alpha = self.alpha if isinstance(self.alpha, float) else f"tensor{tuple(self.alpha.shape)}"
+        if self.learnable_alpha or self.per_channel_alpha:
+            alpha = f"tensor{tuple(self.alpha.shape)}"
+        else:
+            alpha = f"{self.alpha.item():g}"
         return (
             f"{self.num_channels}, alpha={alpha}, learnable_alpha={self.learnable_alpha}, "
             f"eval_stats={self.eval_stats!r}, noise_in_eval={self.noise_in_eval}, "
@@ -125,10 +200,19 @@ class AdaptiveNoise(nn.Module):
             + (f", channels_dim={self.channels_dim}" if self.channels_dim != 1 else "")
         )
 
-    def _load_from_state_dict(self, state_dict, prefix, *args):
-        # A teacher's state_dict has no noise state: missing entries keep their defaults.
-        missing_keys = args[2]  # (local_metadata, strict, missing_keys, ...)
-        super()._load_from_state_dict(state_dict, prefix, *args)
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # A teacher's state_dict (or one saved before alpha was state) has no noise state:
+        # missing entries keep their current values.
+        key = prefix + "alpha"
+        if key in state_dict and not self.learnable_alpha:
+            try:
+                self._checked_alpha(state_dict[key], self.alpha)
+            except (TypeError, ValueError) as exc:
+                error_msgs.append(f"{key}: {exc}")
+                state_dict = {k: v for k, v in state_dict.items() if k != key}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
         own = {prefix + name for name in ("alpha", "running_var", "num_batches_tracked")}
         missing_keys[:] = [k for k in missing_keys if k not in own]
 
@@ -203,13 +287,19 @@ class _NoiseAfter:
         return cls.__mro__[cls.__mro__.index(_NoiseAfter) + 1]
 
     @classmethod
-    def from_module(cls, module, alpha: float = 0.1, **noise_options):
-        """The stochastic twin of ``module`` with its weights copied (teacher-initialisation)."""
+    def from_module(cls, module, alpha: float = 0.1, *, device=None, dtype=None,
+                    **noise_options):
+        """The stochastic twin of ``module`` with its weights copied (teacher-initialisation).
+
+        ``device`` / ``dtype``: where the twin is built (default: ``module``'s own).
+        """
         base = cls._layer_type()
         if not isinstance(module, base):
             raise TypeError(f"{cls.__name__}.from_module expects an instance of "
                             f"{base.__name__}, got {type(module).__name__}")
-        student = cls(**layer_args(module), alpha=alpha, **noise_options)
+        args = layer_args(module)
+        args.update({k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None})
+        student = cls(**args, alpha=alpha, **noise_options)
         copy_parameters(student, module)
         return student
 

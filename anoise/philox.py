@@ -41,20 +41,25 @@ def _mulhilo(a: torch.Tensor, b: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (p >> 32) & MASK32, p & MASK32
 
 
-def philox_words(seed: int, groups: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def philox_words(seed: int | torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The four Philox4x32-10 output words (as int64 in ``[0, 2**32)``) for each group index.
 
-    ``groups`` is an int64 tensor of non-negative counters; ``seed`` an int in ``[0, 2**64)``.
-    Matches Triton's ``tl.randint4x(seed, groups)``.
+    ``groups`` is an int64 tensor of non-negative counters; ``seed`` an int in ``[0, 2**64)``,
+    or a one-element int64 tensor holding its 64 bits (two's complement), which a traced graph
+    or a GPU uses without reading it back.  Matches Triton's ``tl.randint4x(seed, groups)``.
     """
-    if not 0 <= seed <= SEED_MAX:
+    if isinstance(seed, torch.Tensor):
+        seed = seed.reshape(())
+        k0, k1 = seed & MASK32, (seed >> 32) & MASK32  # the mask undoes the sign extension
+    elif 0 <= seed <= SEED_MAX:
+        k0, k1 = seed & MASK32, seed >> 32
+    else:
         raise ValueError(f"seed must be an int in [0, 2**64), got {seed}")
     groups = groups.to(torch.int64)
     c0 = groups & MASK32
     c1 = (groups >> 32) & MASK32
     c2 = torch.zeros_like(c0)
     c3 = torch.zeros_like(c0)
-    k0, k1 = seed & MASK32, seed >> 32
     for _ in range(N_ROUNDS):
         hi_b, lo_b = _mulhilo(c2, PHILOX_ROUND_B)
         hi_a, lo_a = _mulhilo(c0, PHILOX_ROUND_A)
@@ -108,6 +113,9 @@ def noise_like(x: torch.Tensor, seed: int, offset: int = 0, chunk: int = 1 << 22
     temporaries.
     """
     n = x.numel()
+    if n <= chunk:  # one piece, written nowhere in place: vmap can batch the seed
+        idx = torch.arange(offset, offset + n, dtype=torch.int64, device=x.device)
+        return philox_normal(seed, idx).view(x.shape)
     out = torch.empty(n, dtype=torch.float32, device=x.device)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)

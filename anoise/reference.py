@@ -11,6 +11,8 @@ import torch
 
 from .philox import noise_like
 
+Seed = int | torch.Tensor
+
 
 def stat_dtype(dtype: torch.dtype) -> torch.dtype:
     """Statistics are accumulated in float32, or float64 for float64 input."""
@@ -32,11 +34,12 @@ def batch_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def adaptive_noise_batch(
-    x: torch.Tensor, alpha: torch.Tensor, seed: int, eps: float, stats_grad: bool = True
+    x: torch.Tensor, alpha: torch.Tensor, seed: Seed, eps: float, stats_grad: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``y = x + alpha_c * sqrt(var_c + eps) * randn(seed, i)`` with this batch's statistics.
 
-    ``alpha`` has shape ``(C,)``.  Returns ``y`` and the (detached) batch mean and biased
+    ``alpha`` has shape ``(C,)``; ``seed`` is an int or an int64 tensor (see
+    :func:`anoise.philox.philox_words`).  Returns ``y`` and the (detached) batch mean and biased
     variance, which the caller uses for the running-variance update.
     """
     mean, var = batch_stats(x)
@@ -47,12 +50,14 @@ def adaptive_noise_batch(
     return y, mean.detach(), var.detach()
 
 
-def adaptive_noise_scaled(x: torch.Tensor, scale: torch.Tensor, seed: int) -> torch.Tensor:
+def adaptive_noise_scaled(x: torch.Tensor, scale: torch.Tensor, seed: Seed) -> torch.Tensor:
     """``y = x + scale_c * randn(seed, i)``: the eval path with running statistics."""
     return _inject(x, scale, seed)
 
 
-def _inject(x: torch.Tensor, scale: torch.Tensor, seed: int) -> torch.Tensor:
+def _inject(x: torch.Tensor, scale: torch.Tensor, seed: Seed) -> torch.Tensor:
     xs = x.to(scale.dtype)
-    noise = noise_like(x, seed).to(scale.dtype)
-    return (xs + _per_channel(scale, x.dim()) * noise).to(x.dtype)
+    term = _per_channel(scale, x.dim()) * noise_like(x, seed).to(scale.dtype)
+    # x - (0 - term) is x + term, except that a zero term leaves x bitwise itself: x + (+0.0)
+    # would turn -0.0 into +0.0, and alpha = 0 must return x exactly.
+    return (xs - (0.0 - term)).to(x.dtype)

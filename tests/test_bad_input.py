@@ -1,7 +1,9 @@
 """Every bad input of SPEC section 7 raises a clear ValueError / TypeError naming the argument."""
 
+import numpy as np
 import pytest
 import torch
+from conftest import usable_backends
 
 import anoise
 import anoise.functional as AF
@@ -105,3 +107,56 @@ def test_bad_num_channels():
 def test_from_module_wrong_type():
     with pytest.raises(TypeError, match="expects an instance of Conv2d"):
         AdaptiveNoiseConv2d.from_module(torch.nn.Linear(3, 3))
+
+
+@pytest.mark.parametrize("backend", usable_backends("cpu"))
+def test_numpy_scalars_are_numbers(backend):
+    x = torch.randn(4, 3, 2)
+    for mode in (True, False):
+        kw = dict(running_var=torch.ones(3), training=mode, backend=backend)
+        expected = AF.adaptive_noise(x, 0.25, seed=2**64 - 1, momentum=0.5, eps=1e-3, **kw)
+        got = AF.adaptive_noise(x, np.float32(0.25), seed=np.uint64(2**64 - 1),
+                                momentum=np.float64(0.5), eps=np.float32(1e-3), **kw)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    layer = AdaptiveNoise(3, np.float64(0.2), momentum=np.float32(0.5), eps=np.float64(1e-4))
+    anoise.set_alpha(layer, np.float32(0.3))
+    assert layer.alpha.item() == pytest.approx(0.3)
+    assert type(layer.momentum) is float and type(layer.eps) is float
+
+
+@pytest.mark.parametrize("backend", usable_backends("cpu"))
+@pytest.mark.parametrize("name, value", [("training", "False"), ("training", 0),
+                                         ("stats_grad", "no"), ("stats_grad", None),
+                                         ("sync_stats", "yes")])
+def test_flags_must_be_bools(backend, name, value):
+    with pytest.raises(TypeError, match=f"{name} must be a bool"):
+        AF.adaptive_noise(torch.randn(4, 3, 2), 0.1, backend=backend, **{name: value})
+
+
+@pytest.mark.parametrize(
+    "name, value, err",
+    [
+        ("momentum", 5, ValueError),
+        ("momentum", -0.1, ValueError),
+        ("momentum", "0.1", TypeError),
+        ("eps", -1, ValueError),
+        ("eps", 0.0, ValueError),
+        ("eps", None, TypeError),
+        ("stats_grad", "no", TypeError),
+        ("noise_in_eval", 1, TypeError),
+        ("sync_stats", "yes", TypeError),
+        ("eval_stats", "mean", ValueError),
+        ("backend", "fast", ValueError),
+        ("backend", None, TypeError),
+    ],
+)
+def test_module_options_are_checked_at_construction_and_when_set(name, value, err):
+    with pytest.raises(err, match=name):
+        AdaptiveNoise(3, **{name: value})
+    with pytest.raises(err, match=name):
+        AdaptiveNoiseConv2d(3, 3, 1, **{name: value})
+    layer = AdaptiveNoise(3)
+    before = getattr(layer, name)
+    with pytest.raises(err, match=name):
+        setattr(layer, name, value)
+    assert getattr(layer, name) == before

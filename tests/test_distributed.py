@@ -21,7 +21,7 @@ BATCH = (3, 5)  # unequal per-rank batches: the noise offsets must follow the re
 def _model(backend):
     torch.manual_seed(0)
     teacher = nn.Sequential(
-        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3), nn.Flatten(),
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(4, 4, 3), nn.Flatten(),
         nn.Linear(4 * 4 * 4, 3),
     )
     return anoise.to_stochastic(teacher, 0.3, layers=(nn.Conv2d, nn.Linear),

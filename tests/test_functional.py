@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import DEVICES, TOLERANCES
+from conftest import DEVICES, TOLERANCES, usable_backends
 from scipy import stats
 
 import anoise.functional as AF
@@ -74,6 +74,21 @@ def test_alpha_zero_is_bitwise_identity():
     x16 = torch.randn(4, 3, 5, 5).half()
     y16 = AF.adaptive_noise(x16, torch.zeros(3, dtype=torch.float16), seed=3)
     assert torch.equal(y16.view(torch.int16), x16.view(torch.int16))
+
+
+@pytest.mark.parametrize("device, backend", [(d, b) for d in DEVICES for b in usable_backends(d)])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("alpha_shape", [(), (3,)])
+@pytest.mark.parametrize("mode", ["batch", "running"])
+def test_tensor_alpha_zero_is_bitwise_identity(device, backend, dtype, alpha_shape, mode):
+    x = torch.randn(4, 3, 5, 2).to(device, dtype)
+    x[:, :, 0] = -0.0
+    x[:, :, 1, 0] = 0.0
+    alpha = torch.zeros(alpha_shape, device=device, requires_grad=True)
+    y = AF.adaptive_noise(x, alpha, seed=3, training=mode == "batch", backend=backend,
+                          running_var=torch.ones(3, device=device) if mode == "running" else None)
+    bits = {torch.float64: torch.int64, torch.float32: torch.int32}.get(dtype, torch.int16)
+    assert torch.equal(y.detach().view(bits), x.view(bits))
 
 
 def test_alpha_zero_still_updates_running_var():

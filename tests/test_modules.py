@@ -52,6 +52,72 @@ def test_to_stochastic_copies_and_leaves_teacher_untouched():
     assert student[3].bias is None and student[3].stride == (2, 2)
 
 
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.tied = self.conv  # one module under two names (weight sharing)
+        self.body = nn.Sequential(nn.ReLU(), nn.Conv2d(3, 4, 3))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.body(self.tied(self.conv(x))).mean((2, 3)))
+
+
+def test_to_stochastic_exclude_is_one_name_or_type():
+    student = anoise.to_stochastic(_Net(), layers=(nn.Conv2d, nn.Linear), exclude="fc")
+    assert type(student.fc) is nn.Linear
+    assert isinstance(student.conv, AdaptiveNoiseConv2d)
+    student = anoise.to_stochastic(_Net(), layers=(nn.Conv2d, nn.Linear), exclude=nn.Linear)
+    assert type(student.fc) is nn.Linear and isinstance(student.body[1], AdaptiveNoiseConv2d)
+    student = anoise.to_stochastic(_Net(), exclude=["body.1", "conv"])
+    assert type(student.body[1]) is nn.Conv2d and type(student.conv) is nn.Conv2d
+    assert student.tied is student.conv  # excluded under one name: excluded under both
+
+
+@pytest.mark.parametrize("exclude", ["fcc", ("fc", "body.2"), ["layer1"]])
+def test_to_stochastic_unknown_exclude_raises(exclude):
+    with pytest.raises(ValueError, match="exclude.*no module named"):
+        anoise.to_stochastic(_Net(), exclude=exclude)
+
+
+def test_to_stochastic_keeps_tied_modules_tied_and_converted():
+    teacher = _Net()
+    student = anoise.to_stochastic(teacher, 0.2)
+    assert isinstance(student.conv, AdaptiveNoiseConv2d) and student.tied is student.conv
+    assert teacher.tied is teacher.conv and type(teacher.conv) is nn.Conv2d
+    assert torch.equal(student.conv.weight, teacher.conv.weight)
+    student(torch.randn(2, 3, 8, 8))
+
+
+@pytest.mark.parametrize("layers", [nn.Conv2d, (nn.Conv2d,), [nn.Conv2d]])
+def test_to_stochastic_converts_a_root_layer(layers):
+    conv = nn.Conv2d(3, 4, 3, bias=False)
+    student = anoise.to_stochastic(conv, 0.3, layers=layers)
+    assert isinstance(student, AdaptiveNoiseConv2d) and student.bias is None
+    assert torch.equal(student.weight, conv.weight) and student.weight is not conv.weight
+    linear = anoise.to_stochastic(nn.Linear(3, 2), layers=nn.Linear)
+    assert isinstance(linear, AdaptiveNoiseLinear)
+    assert type(anoise.to_stochastic(conv, layers=nn.Linear)) is nn.Conv2d
+
+
+def test_to_stochastic_bare_layer_type():
+    student = anoise.to_stochastic(_teacher(), layers=nn.Linear)
+    assert isinstance(student[6], AdaptiveNoiseLinear) and type(student[0]) is nn.Conv2d
+
+
+def test_noise_options_device_and_dtype_build_the_twins():
+    teacher = _teacher()
+    student = anoise.to_stochastic(teacher, 0.2, layers=(nn.Conv2d, nn.Linear), device="cpu",
+                                   dtype=torch.float64, per_channel_alpha=True)
+    for i in (0, 3, 6):
+        assert student[i].weight.dtype == torch.float64
+        assert student[i].noise.alpha.dtype == torch.float64
+        torch.testing.assert_close(student[i].weight, teacher[i].weight.double())
+    twin = AdaptiveNoiseConv2d.from_module(teacher[0], dtype=torch.float64)
+    assert twin.weight.dtype == torch.float64 and teacher[0].weight.dtype == torch.float32
+
+
 def test_to_stochastic_rejects_unsupported_layers():
     with pytest.raises(ValueError, match="layers"):
         anoise.to_stochastic(_teacher(), layers=(nn.BatchNorm2d,))
@@ -138,6 +204,54 @@ def test_set_alpha_and_ensemble_predict():
         anoise.set_alpha(student, -1.0)
     with pytest.raises(ValueError, match="samples"):
         anoise.ensemble_predict(student, x, samples=0)
+
+
+@pytest.mark.parametrize("options", [{}, dict(per_channel_alpha=True),
+                                     dict(learnable_alpha=True)])
+def test_set_alpha_survives_a_state_dict_round_trip(tmp_path, options):
+    layers = (nn.Conv2d, nn.Linear)
+    student = anoise.to_stochastic(_teacher(), 0.1, layers=layers, **options)
+    anoise.set_alpha(student, 0.35)
+    torch.save(student.state_dict(), tmp_path / "student.pt")
+    fresh = anoise.to_stochastic(_teacher(), 0.1, layers=layers, **options)
+    fresh.load_state_dict(torch.load(tmp_path / "student.pt"))
+    for layer in anoise.noise_layers(fresh):
+        torch.testing.assert_close(layer.alpha, torch.full_like(layer.alpha, 0.35))
+    fresh.eval()
+    x = torch.randn(3, 3, 8, 8)
+    torch.manual_seed(5)
+    expected = student.eval()(x)
+    torch.manual_seed(5)
+    torch.testing.assert_close(fresh(x), expected)
+
+
+def test_state_dict_without_alpha_keeps_the_current_value():
+    saved = AdaptiveNoise(3, 0.25).state_dict()
+    del saved["alpha"]  # as saved before alpha was state
+    layer = AdaptiveNoise(3, 0.4)
+    assert not layer.load_state_dict(saved).missing_keys
+    assert layer.alpha.item() == pytest.approx(0.4)
+
+
+def test_alpha_is_checked_when_set_and_updated_in_place():
+    layer = AdaptiveNoise(3, 0.1, learnable_alpha=True)
+    param = layer.alpha
+    layer.alpha = 0.5
+    assert layer.alpha is param and layer.alpha.item() == 0.5
+    layer.alpha = torch.tensor(0.25)
+    assert layer.alpha is param and layer.alpha.item() == 0.25
+    for bad, err in [(-1.0, ValueError), (float("nan"), ValueError), (torch.ones(3), ValueError),
+                     (torch.tensor(-0.5), ValueError), ("0.2", TypeError)]:
+        with pytest.raises(err, match="alpha"):
+            layer.alpha = bad
+    assert layer.alpha.item() == 0.25
+    buffered = AdaptiveNoise(3, 0.1, per_channel_alpha=True)
+    buffered.alpha = torch.tensor([0.1, 0.2, 0.3])
+    assert "alpha" in dict(buffered.named_buffers())
+    bad_state = {**buffered.state_dict(), "alpha": torch.tensor([0.1, -0.2, 0.3])}
+    with pytest.raises(RuntimeError, match="alpha must be >= 0"):
+        buffered.load_state_dict(bad_state)
+    torch.testing.assert_close(buffered.alpha, torch.tensor([0.1, 0.2, 0.3]))
 
 
 def test_calibrate_fills_running_var_without_changing_weights():

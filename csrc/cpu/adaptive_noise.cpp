@@ -329,7 +329,7 @@ std::tuple<at::Tensor, at::Tensor> backward_batch(const at::Tensor& dy3, const a
   check_channels(sigma, "sigma", g.C, st);
   const uint64_t s = seed_of(seed), base = base_of(index_base);
   at::Tensor gsum = at::zeros({g.C}, x3.options().dtype(st));
-  at::Tensor dx = at::empty_like(x3);
+  at::Tensor dx = at::empty_like(dy3);
   if (g.N * g.S == 0) return {dx, gsum};
   at::Tensor part = partials(g, at::kDouble, dy3);
   at::Tensor coef = at::empty({g.C}, x3.options().dtype(st));

@@ -174,7 +174,7 @@ std::tuple<at::Tensor, at::Tensor> backward_batch(const at::Tensor& dy3, const a
   const int64_t* s = seed_ptr(seed, x3, "x");
   const Shape sh = shape_of(x3);
   at::Tensor gsum = at::zeros({sh.C}, x3.options().dtype(st));
-  at::Tensor dx = at::empty_like(x3);
+  at::Tensor dx = at::empty_like(dy3);
   if (x3.numel() == 0) return {dx, gsum};
   const View dv = view_of(dy3);
   at::Tensor part = partials(dot_partials(sh, dv, base), st, x3);
