@@ -339,8 +339,7 @@ def test_margin_pgd_beats_saturated_cross_entropy():
         A.pgd(model, x, y, eps, loss="hinge")
 
 
-@pytest.mark.parametrize("loss", ["ce", "margin"])
-def test_margin_pgd_at_least_as_strong_on_a_toy_cnn(loss):
+def test_margin_pgd_at_least_as_strong_on_a_toy_cnn():
     torch.manual_seed(0)
     model = tiny_cnn().eval()
     x = torch.rand(200, 1, 9, 9)
@@ -349,7 +348,7 @@ def test_margin_pgd_at_least_as_strong_on_a_toy_cnn(loss):
     torch.manual_seed(1)
     ce = A.pgd(model, x, y, 0.05, steps=10)
     torch.manual_seed(1)
-    other = A.pgd(model, x, y, 0.05, steps=10, loss=loss)
+    other = A.pgd(model, x, y, 0.05, steps=10, loss="margin")
     with torch.no_grad():
         acc_ce = (model(ce).argmax(1) == y).float().mean()
         acc = (model(other).argmax(1) == y).float().mean()
