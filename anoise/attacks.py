@@ -414,6 +414,7 @@ def evaluate(
     batch_size: int = 1000,
     worst_case: tuple[str, ...] | None = None,
     worst_name: str = "worst case",
+    select_draws: int | None = None,
     keep_adversarial: bool = False,
     progress: Callable | None = None,
 ) -> Evaluation:
@@ -427,13 +428,18 @@ def evaluate(
     classified once.
 
     ``worst_case``: names (``"clean"`` and attack names) to take the per-image worst case
-    over: per image the input of :func:`select_worst` is chosen, and the chosen inputs are
-    classified on ``draws`` further fresh draws, stored as ``results[worst_name]``.
+    over.  Each of these inputs is classified on ``select_draws`` (default ``draws``) further
+    draws, per image the input of :func:`select_worst` on those is chosen, and the chosen
+    inputs are classified on ``draws`` fresh draws, stored as ``results[worst_name]``.  The
+    selection is noisy where candidates are close (its result can then land above the best
+    single attack's): more ``select_draws`` make it sharper.
     ``progress`` wraps the attack iterable (e.g. ``functools.partial(tqdm, desc=...)``).
     The model's mode is restored.
     """
     _check_count(draws, "draws")
     _check_count(batch_size, "batch_size")
+    select_draws = draws if select_draws is None else select_draws
+    _check_count(select_draws, "select_draws")
     names = ("clean",) + tuple(attacks)
     if worst_case is not None:
         unknown = [n for n in worst_case if n not in names]
@@ -447,7 +453,7 @@ def evaluate(
         stochastic = is_stochastic(model, x[:batch_size])
         k = draws if stochastic else 1
         out = Evaluation()
-        inputs = {}
+        inputs, selection = {}, {}
         items = [("clean", None)] + list(attacks.items())
         for name, attack in progress(items) if progress is not None else items:
             if attack is None:
@@ -459,11 +465,14 @@ def evaluate(
                                                   stochastic)
             if worst_case is not None and name in worst_case:
                 inputs[name] = xa
+                selection[name] = (Result.from_draws(draw_logits(model, xa, select_draws,
+                                                                 batch_size), y)
+                                   if stochastic else out.results[name])
             if keep_adversarial and attack is not None:
                 out.adversarial[name] = xa
         if worst_case is not None:
             out.worst_of = tuple(worst_case)
-            out.choice = select_worst([out.results[n] for n in worst_case])
+            out.choice = select_worst([selection[n] for n in worst_case])
             stacked = torch.stack([inputs[n] for n in worst_case])
             chosen = stacked[out.choice.to(x.device), torch.arange(x.shape[0], device=x.device)]
             out.results[worst_name] = Result.from_draws(

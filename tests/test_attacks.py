@@ -285,25 +285,31 @@ def test_evaluate_worst_case_deterministic_is_per_image():
         A.evaluate(model, x, y, {"A": fooling(0)}, worst_case=("C",))
 
 
-def test_evaluate_worst_case_reclassifies_on_fresh_draws():
+def test_evaluate_worst_case_selects_then_reclassifies_on_fresh_draws():
     model = stochastic_cnn(alpha=2.0)
     x, y = torch.rand(48, 1, 9, 9), torch.randint(0, 3, (48,))
     attacks = {"pgd": lambda m, xb, yb: A.pgd(m, xb, yb, 0.2, steps=2)}
     torch.manual_seed(1)
-    ev = A.evaluate(model, x, y, attacks, draws=3, worst_case=("clean", "pgd"),
-                    keep_adversarial=True)
-    choice = A.select_worst([ev["clean"], ev["pgd"]])
-    assert torch.equal(choice, ev.choice) and 0 < choice.sum() < 48
-    chosen = torch.where(choice[:, None, None, None] == 1, ev.adversarial["pgd"], x)
-    # Replay the same stream: the worst case is a fourth set of draws, after the others.
+    ev = A.evaluate(model, x, y, attacks, draws=3, select_draws=5,
+                    worst_case=("clean", "pgd"), keep_adversarial=True)
+    # Replay the stream: each candidate's 3 draws, then its 5 selection draws; the worst
+    # case is classified on 3 more.
     torch.manual_seed(1)
     A.is_stochastic(model, x)
-    A.Result.from_draws(A.draw_logits(model, x, 3), y)
+    A.draw_logits(model, x, 3)
+    select_clean = A.Result.from_draws(A.draw_logits(model, x, 5), y)
     xa = attacks["pgd"](model, x, y)
+    torch.testing.assert_close(xa, ev.adversarial["pgd"], atol=0, rtol=0)
     A.draw_logits(model, xa, 3)
+    select_pgd = A.Result.from_draws(A.draw_logits(model, xa, 5), y)
+    choice = A.select_worst([select_clean, select_pgd])
+    assert torch.equal(choice, ev.choice) and 0 < choice.sum() < 48
+    chosen = torch.where(choice[:, None, None, None] == 1, xa, x)
     again = A.Result.from_draws(A.draw_logits(model, chosen, 3), y)
     torch.testing.assert_close(again.correct_rate, ev["worst case"].correct_rate)
     assert ev["worst case"].per_draw == again.per_draw
+    with pytest.raises(ValueError, match="select_draws"):
+        A.evaluate(model, x, y, attacks, select_draws=0)
 
 
 def test_margin_loss():

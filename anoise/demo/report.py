@@ -199,9 +199,10 @@ def describe(result: dict) -> str:
             f"steps x {s['more_draws']} draws. Ensemble: PGD on the log of the mean softmax "
             f"over {s['eot_samples']} draws. Transfer: PGD (margin, {s['restarts']} restarts) "
             f"on the noise-off twin. Worst case: per image, of the clean input and every "
-            f"L-inf attack's example, the one with the fewest correct draws (then the lowest "
-            f"ensemble probability of the true class), classified again on {s['draws']} "
-            f"fresh draws. C&W-L2: c = {s['cw_c']:g}, {s['cw_steps']} Adam steps.")
+            f"L-inf attack's example, the one with the fewest correct of {s['select_draws']} "
+            f"further draws (then the lowest mean probability of the true class), classified "
+            f"again on {s['draws']} fresh draws. C&W-L2: c = {s['cw_c']:g}, "
+            f"{s['cw_steps']} Adam steps.")
 
 
 BLOCKS = ("main", "attacks", "per-image", "chosen", "cw", "contrasts", "contrasts-main",

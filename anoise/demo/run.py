@@ -28,17 +28,18 @@ PRESETS = {
     "default": dict(seeds=3, jobs=None, train_size=0, eval_size=1000, teacher_epochs=6,
                     finetune_epochs=2, scratch_epochs=8, adv_epochs=2, adv_steps=5,
                     alphas="0.1,0.25,0.5,1.0", pgd_steps=20, eot_samples=10, restarts=2,
-                    more_draws_steps=20, more_draws=20, cw_steps=50, draws=10, grid=31,
-                    boundary_samples=6),
+                    more_draws_steps=20, more_draws=20, cw_steps=50, draws=10,
+                    select_draws=30, grid=31, boundary_samples=6),
     "quick": dict(seeds=2, jobs=None, train_size=2000, eval_size=100, teacher_epochs=5,
                   finetune_epochs=1, scratch_epochs=6, adv_epochs=1, adv_steps=3,
                   alphas="0.1,0.25,0.5,1.0", pgd_steps=5, eot_samples=3, restarts=2,
-                  more_draws_steps=5, more_draws=6, cw_steps=15, draws=5, grid=21,
-                  boundary_samples=4),
+                  more_draws_steps=5, more_draws=6, cw_steps=15, draws=5, select_draws=15,
+                  grid=21, boundary_samples=4),
     "smoke": dict(seeds=2, jobs=1, train_size=400, eval_size=16, teacher_epochs=10,
                   finetune_epochs=1, scratch_epochs=10, adv_epochs=1, adv_steps=1,
                   alphas="0.5", pgd_steps=2, eot_samples=2, restarts=2, more_draws_steps=2,
-                  more_draws=3, cw_steps=3, draws=3, grid=5, boundary_samples=2),
+                  more_draws=3, cw_steps=3, draws=3, select_draws=3, grid=5,
+                  boundary_samples=2),
 }
 
 
@@ -130,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--draws", type=int,
                    help="noise draws each image is classified on (per-draw mean, all draws, "
                    "majority vote, ensemble = mean softmax over them)")
+    e.add_argument("--select-draws", type=int,
+                   help="further draws on which the worst case picks each image's input")
     e.add_argument("--grid", type=int, help="points per side of a boundary slice")
     e.add_argument("--boundary-samples", type=int, help="passes of the ensemble slice")
     e.add_argument("--boundary-radius", type=float, default=4.0,
@@ -162,7 +165,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.main_alpha = args.alphas[len(args.alphas) // 2]
     if args.main_alpha not in args.alphas:
         raise SystemExit(f"--main-alpha {args.main_alpha} must be one of --alphas {args.alphas}")
-    for name in ("seeds", "threads", "draws", "restarts", "eval_size"):
+    for name in ("seeds", "threads", "draws", "select_draws", "restarts", "eval_size"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     if args.jobs is None:

@@ -152,7 +152,7 @@ def attack_row(args, data, seed: int, index: int, name: str, model, source) -> d
     bar = functools.partial(progress_bar, desc=f"seed {seed} attack {name}", enabled=args.bars)
     ev = A.evaluate(model, xe, ye, suite, draws=args.draws, progress=bar,
                     worst_case=("clean",) + LINF_ATTACKS, worst_name=WORST,
-                    keep_adversarial=True)
+                    select_draws=args.select_draws, keep_adversarial=True)
     norms = (ev.adversarial.pop("C&W") - xe).flatten(1).norm(dim=1)
     found = norms[norms > 1e-3]  # the tanh round trip alone moves x by ~1e-5
     return dict(results=ev.results,
