@@ -14,7 +14,7 @@ import torch
 
 import anoise
 from anoise import attacks as A
-from anoise.demo import parse_args, report, run, zoo
+from anoise.demo import docs, parse_args, report, run, zoo
 from anoise.demo.data import load_images, split
 from anoise.demo.model import SmallCNN
 from anoise.demo.run import PRESETS, build_parser
@@ -143,6 +143,16 @@ def test_demo_smoke_cli_prints_every_row_and_column_and_is_reproducible(tmp_path
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| model |" in (out / "results.md").read_text()
     assert "min wall clock" in proc.stdout
+    # The docs command regenerates marked blocks and copies the figures from this run.
+    page = tmp_path / "page.md"
+    page.write_text("a\n<!-- BEGIN demo:main -->\nold\n<!-- END demo:main -->\nb\n")
+    assert docs.main([str(out / "results.json"), "--update", str(page), "--images",
+                      str(tmp_path / "img")]) == 0
+    text = page.read_text()
+    assert "old" not in text and "| student a=0.5, noise off |" in text
+    assert text.startswith("a\n<!-- BEGIN demo:main -->\n| model |") and text.endswith("b\n")
+    assert sorted(os.listdir(tmp_path / "img")) == ["demo_decision_boundaries.png",
+                                                   "demo_trend_curves.png"]
     # The same seed gives the same tables in-process, figures or not, in 2 processes or 1.
     again = run(parse_args(["--smoke", "--quiet", "--no-plots", "--dataset", "digits",
                             "--jobs", "2", "--out", str(tmp_path / "again")]))

@@ -1,22 +1,13 @@
-"""The demo's numbers: aggregation over training seeds, paired contrasts, tables, docs.
+"""The demo's numbers: aggregation over training seeds, paired differences, tables.
 
-    python -m anoise.demo.report OUT/results.json                 # print the markdown tables
-    python -m anoise.demo.report OUT/results.json --update README.md docs/demo.md \\
-        --images docs/img                                         # regenerate the docs
-
-``--update`` rewrites the blocks between ``<!-- BEGIN demo:NAME -->`` and
-``<!-- END demo:NAME -->`` in the given files from the run's ``results.json`` (the prose
-around them is left alone); ``--images`` copies the run's figures to ``demo_*.png`` there.
+The tables are built from a run's ``results.json`` content, so the docs can be regenerated
+from it (``python -m anoise.demo.docs``).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 import re
-import shutil
-import sys
 
 from .zoo import LINF_ATTACKS, NOISE_OFF, WORST
 
@@ -276,38 +267,7 @@ def update_blocks(text: str, blocks: dict[str, str]) -> str:
     return _BLOCK.sub(sub, text)
 
 
-def main(argv=None) -> int:
-    import json
-
-    p = argparse.ArgumentParser(prog="python -m anoise.demo.report", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", help="results.json written by python -m anoise.demo")
-    p.add_argument("--update", nargs="*", default=[], metavar="FILE",
-                   help="markdown files whose demo blocks to regenerate")
-    p.add_argument("--images", metavar="DIR", help="copy the run's figures to DIR/demo_*.png")
-    args = p.parse_args(argv)
-    with open(args.results) as f:
-        result = json.load(f)
-    if not args.update and not args.images:
-        print(markdown_report(result))
-    blocks = sections(result, markdown=True)
-    for path in args.update:
-        with open(path) as f:
-            text = f.read()
-        new = update_blocks(text, blocks)
-        with open(path, "w") as f:
-            f.write(new)
-        print(f"updated {path}", file=sys.stderr)
-    if args.images:
-        os.makedirs(args.images, exist_ok=True)
-        for src in result["figures"]:
-            dst = os.path.join(args.images, "demo_" + os.path.basename(src))
-            shutil.copyfile(src, dst)
-            print(f"wrote {dst}", file=sys.stderr)
-    return 0
-
-
-def _to_json(seed_results) -> list[dict]:
+def per_seed_json(seed_results) -> list[dict]:
     """Per-seed figures for results.json (per-image tensors are summarised, not stored)."""
     return [dict(seed=s.seed, seconds=round(s.seconds, 1), pni_alphas=s.pni_alphas,
                  chosen=s.chosen,
@@ -321,6 +281,3 @@ def cw_summary(seed_results) -> dict:
                       median_l2=[s.cw[row]["median_l2"] for s in seed_results])
             for row in seed_results[0].rows}
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import math
 import os
 import sys
 import time
@@ -276,7 +275,7 @@ def run(args) -> dict:
         cw=report.cw_summary(seed_results),
         pni_alphas=[s.pni_alphas for s in seed_results],
         seed_seconds=[round(s.seconds, 1) for s in seed_results],
-        per_seed=report._to_json(seed_results))
+        per_seed=report.per_seed_json(seed_results))
     print("\n" + report.text_report(result), flush=True)
 
     out = args.out
@@ -290,8 +289,7 @@ def run(args) -> dict:
     result["load"] = [load_start, os.getloadavg()[0]]
     files = figures + [os.path.join(out, "results.json"), os.path.join(out, "results.md")]
     with open(files[-2], "w") as f:
-        json.dump(result, f, indent=1, default=lambda v: None if isinstance(v, float)
-                  and math.isnan(v) else str(v))
+        json.dump(result, f, indent=1, default=str)
     with open(files[-1], "w") as f:
         f.write(report.markdown_report(result))
     print(f"\nTime: {report.sections(result, False)['time']}.")
