@@ -155,6 +155,7 @@ def attack_row(args, data, seed: int, index: int, name: str, model, source) -> d
                     select_draws=args.select_draws, keep_adversarial=True)
     norms = (ev.adversarial.pop("C&W") - xe).flatten(1).norm(dim=1)
     found = norms[norms > 1e-3]  # the tanh round trip alone moves x by ~1e-5
+    _log(args, seed, t0, f"attacked {name}")
     return dict(results=ev.results,
                 chosen=torch.bincount(ev.choice, minlength=len(ev.worst_of)).tolist(),
                 cw=dict(found=found.numel() / norms.numel(),
