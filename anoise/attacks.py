@@ -12,8 +12,8 @@ randomised defence has to withstand (Athalye et al. 2018; Tramer et al. 2020) ar
 cross-entropy; ``restarts`` keeps each image's best of several random starts;
 :func:`ensemble_pgd` attacks the mean softmax over draws itself; :func:`transfer` crafts the
 examples on another model (e.g. the defence with its noise off).  :func:`evaluate` classifies
-each attack's examples on several fresh draws and keeps per-image figures, so that
-:func:`worst_case` can take, per image, the strongest of several attacks.
+each attack's examples on several fresh draws, keeps per-image figures (all draws, majority
+vote, ensemble) and can take, per image, the strongest of several attacks (the worst case).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def eot_gradient(
     gradients taken one after another.
     """
     _check_count(samples, "samples")
-    fn = F.cross_entropy if loss_fn == "ce" else _loss_fn(loss_fn)
+    fn = _loss_fn(loss_fn)
     x = x.detach()
     total = torch.zeros_like(x)
     for _ in range(samples):
