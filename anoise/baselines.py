@@ -9,7 +9,8 @@
 
 Both keep their noise on at inference, as the papers do, and both subclass ``nn.Conv2d`` so a
 teacher's weights load into them.  Their noise comes from ``torch.randn``, so
-``torch.manual_seed`` reproduces a run.
+``torch.manual_seed`` reproduces a run.  :func:`without_noise` switches off the noise of these
+and of anoise's own layers on a copy, for the noise-off ablation.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
+from .convert import noise_layers, set_alpha
 from .modules import copy_parameters, layer_args
 
 
@@ -106,4 +108,27 @@ def pni_alphas(model: nn.Module) -> list[float]:
     return [m.pni_alpha.item() for m in model.modules() if isinstance(m, PNIConv2d)]
 
 
-__all__ = ["PNIConv2d", "RSEConv2d", "pni_alphas", "to_pni", "to_rse"]
+def without_noise(model: nn.Module) -> nn.Module:
+    """Deep copy of ``model`` with every noise source switched off, the weights unchanged.
+
+    Adaptive-noise layers get ``alpha = 0`` (they then return their input exactly), PNI
+    layers a zero noise scale, RSE layers a zero std.  Evaluating this twin next to the
+    stochastic model separates what training with noise did to the weights from what the
+    noise does at inference.  Raises ``ValueError`` when ``model`` has no noise to remove.
+    """
+    model = copy.deepcopy(model)
+    layers = [m for m in model.modules() if isinstance(m, (PNIConv2d, RSEConv2d))]
+    if not layers and not noise_layers(model):
+        raise ValueError("without_noise: the model has no AdaptiveNoise, PNI or RSE layers")
+    if noise_layers(model):
+        set_alpha(model, 0.0)
+    for m in layers:
+        if isinstance(m, PNIConv2d):
+            with torch.no_grad():
+                m.pni_alpha.zero_()
+        else:
+            m.noise_std = 0.0
+    return model
+
+
+__all__ = ["PNIConv2d", "RSEConv2d", "pni_alphas", "to_pni", "to_rse", "without_noise"]

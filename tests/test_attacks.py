@@ -1,15 +1,18 @@
-"""Attacks on models whose optimal perturbation is known, EOT averaging, the harness."""
+"""Attacks on models whose optimal perturbation is known, EOT averaging, the margin loss,
+restarts, the ensemble and transfer attacks, the harness's per-image figures and worst case."""
 
+import functools
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import DEVICES
 from torch import nn
 
 import anoise
 from anoise import attacks as A
-from anoise.baselines import PNIConv2d, RSEConv2d, pni_alphas, to_pni, to_rse
+from anoise.baselines import PNIConv2d, RSEConv2d, pni_alphas, to_pni, to_rse, without_noise
 
 D = 12
 
@@ -186,7 +189,8 @@ def test_evaluate_deterministic_model():
                     draws=3, batch_size=16, keep_adversarial=True)
     clean = ev["clean"]
     assert not clean.stochastic and clean.per_draw == [0.75] and clean.std == 0
-    assert clean.ensemble == 0.75 and ev["same"].mean == 0.75
+    assert clean.ensemble == clean.all_draws == clean.majority == clean.mean == 0.75
+    assert ev["same"].mean == 0.75
     assert ev["fgsm"].mean < 0.75
     assert ev.adversarial["fgsm"].shape == x.shape and "clean" not in ev.adversarial
     assert str(clean) == "75.0+-0.0 [75.0]"
@@ -197,7 +201,7 @@ def test_evaluate_stochastic_model():
     x, y = torch.rand(64, 1, 9, 9), torch.randint(0, 3, (64,))
     torch.manual_seed(0)
     ev = A.evaluate(model, x, y, {"pgd": lambda m, xb, yb: A.pgd(m, xb, yb, 0.1, steps=2)},
-                    draws=4, ensemble_samples=3)
+                    draws=4)
     assert model.training  # mode restored
     res = ev["clean"]
     assert res.stochastic and len(res.per_draw) == 4
@@ -205,13 +209,259 @@ def test_evaluate_stochastic_model():
     mean = sum(res.per_draw) / 4
     assert math.isclose(res.mean, mean)
     assert math.isclose(res.std, math.sqrt(sum((a - mean) ** 2 for a in res.per_draw) / 3))
-    # The ensemble figure is anoise.ensemble_predict's accuracy on the same inputs.
+    # The same draws in the same order, and the ensemble is anoise.ensemble_predict over them.
     model.eval()
     torch.manual_seed(0)
     A.is_stochastic(model, x)
-    draws = [(model(x).argmax(1) == y).float().mean().item() for _ in range(4)]
-    ens = (anoise.ensemble_predict(model, x, 3).argmax(1) == y).float().mean().item()
-    assert draws == res.per_draw and math.isclose(ens, res.ensemble)
+    logits = [model(x) for _ in range(4)]
+    assert [(z.argmax(1) == y).float().mean().item() for z in logits] == res.per_draw
+    torch.manual_seed(0)
+    A.is_stochastic(model, x)
+    ens = anoise.ensemble_predict(model, x, 4).argmax(1) == y
+    assert torch.equal(ens, res.ensemble_correct)
+    assert res.all_draws <= res.mean <= 1 and 0 <= res.all_draws
+
+
+def test_result_per_image_figures_on_hand_made_draws():
+    # 3 draws x 4 images x 3 classes; true labels 0, 1, 2, 0.
+    y = torch.tensor([0, 1, 2, 0])
+    pred = torch.tensor([[0, 1, 2, 1],
+                         [0, 2, 2, 2],
+                         [0, 1, 1, 0]])
+    logits = F.one_hot(pred, 3).float() * 4.0
+    logits[2, 3] = torch.tensor([3.0, 0.0, 0.0])  # image 3: votes 0, 1, 2 -> a tie for 0
+    r = A.Result.from_draws(logits, y)
+    assert r.per_draw == [0.75, 0.5, 0.75]
+    torch.testing.assert_close(r.correct_rate, torch.tensor([1.0, 2 / 3, 2 / 3, 1 / 3]))
+    assert r.all_correct.tolist() == [True, False, False, False]
+    # Image 3 got one vote each for classes 0, 1 and 2: a tie, counted wrong.
+    assert r.majority_correct.tolist() == [True, True, True, False]
+    probs = logits.softmax(2).mean(0)
+    assert r.ensemble_correct.tolist() == (probs.argmax(1) == y).tolist()
+    torch.testing.assert_close(r.true_prob, probs[torch.arange(4), y])
+    assert math.isclose(r.mean, (1 + 2 / 3 + 2 / 3 + 1 / 3) / 4, rel_tol=1e-6)
+    assert math.isclose(r.mean, sum(r.per_draw) / 3, rel_tol=1e-6)
+    assert (r.all_draws, r.majority) == (0.25, 0.75)
+    with pytest.raises(ValueError, match="draws, n, classes"):
+        A.Result.from_draws(logits[0], y)
+
+
+def _result(rate, prob):
+    rate = torch.tensor(rate)
+    return A.Result([], rate, rate == 1, rate > 0.5, rate > 0.5, torch.tensor(prob), True)
+
+
+def test_select_worst_is_per_image():
+    a = _result([1.0, 0.0, 0.5, 0.5, 1.0], [0.9, 0.1, 0.6, 0.5, 0.9])
+    b = _result([0.5, 0.5, 0.5, 0.5, 1.0], [0.6, 0.4, 0.4, 0.5, 0.9])
+    # Lowest rate; on equal rates the lower true-class probability; then the first.
+    assert A.select_worst([a, b]).tolist() == [1, 0, 1, 0, 0]
+    assert A.select_worst([a]).tolist() == [0] * 5
+    with pytest.raises(ValueError, match="at least one"):
+        A.select_worst([])
+
+
+def test_evaluate_worst_case_deterministic_is_per_image():
+    model, w, b = linear_binary("cpu")
+    x = interior_points(10, "cpu", seed=4)
+    y = (x @ w + b > 0).long()
+    # Hand-made "attacks": cross the boundary on images 0-4 (A) and 3-7 (B).
+    far = x - 2.0 * torch.where(y[:, None] == 1, w, -w) / w.norm() ** 2 * (x @ w + b).abs()[:, None]
+
+    def fooling(idx):
+        def attack(m, xb, yb):
+            out = xb.clone()
+            out[idx] = far[idx]
+            return out
+        return attack
+
+    ev = A.evaluate(model, x, y, {"A": fooling(slice(0, 5)), "B": fooling(slice(3, 8))},
+                    worst_case=("clean", "A", "B"))
+    assert ev["A"].mean == 0.5 and ev["B"].mean == 0.5
+    worst = ev["worst case"]
+    assert worst.correct_rate.tolist() == [0.0] * 8 + [1.0] * 2
+    assert ev.choice.tolist() == [1] * 5 + [2] * 3 + [0] * 2
+    with pytest.raises(ValueError, match="worst_case"):
+        A.evaluate(model, x, y, {"A": fooling(0)}, worst_case=("C",))
+
+
+def test_evaluate_worst_case_selects_then_reclassifies_on_fresh_draws():
+    model = stochastic_cnn(alpha=2.0)
+    x, y = torch.rand(48, 1, 9, 9), torch.randint(0, 3, (48,))
+    attacks = {"pgd": lambda m, xb, yb: A.pgd(m, xb, yb, 0.2, steps=2)}
+    torch.manual_seed(1)
+    ev = A.evaluate(model, x, y, attacks, draws=3, select_draws=5,
+                    worst_case=("clean", "pgd"), keep_adversarial=True)
+    # Replay the stream: each candidate's 3 draws, then its 5 selection draws; the worst
+    # case is classified on 3 more.
+    torch.manual_seed(1)
+    A.is_stochastic(model, x)
+    A.draw_logits(model, x, 3)
+    select_clean = A.Result.from_draws(A.draw_logits(model, x, 5), y)
+    xa = attacks["pgd"](model, x, y)
+    torch.testing.assert_close(xa, ev.adversarial["pgd"], atol=0, rtol=0)
+    A.draw_logits(model, xa, 3)
+    select_pgd = A.Result.from_draws(A.draw_logits(model, xa, 5), y)
+    choice = A.select_worst([select_clean, select_pgd])
+    assert torch.equal(choice, ev.choice) and 0 < choice.sum() < 48
+    chosen = torch.where(choice[:, None, None, None] == 1, xa, x)
+    again = A.Result.from_draws(A.draw_logits(model, chosen, 3), y)
+    torch.testing.assert_close(again.correct_rate, ev["worst case"].correct_rate)
+    assert ev["worst case"].per_draw == again.per_draw
+    with pytest.raises(ValueError, match="select_draws"):
+        A.evaluate(model, x, y, attacks, select_draws=0)
+
+
+def test_margin_loss():
+    z = torch.tensor([[2.0, 1.0, -1.0], [0.0, 3.0, 1.0], [1.0, 1.0, 0.0]])
+    y = torch.tensor([0, 0, 1])
+    torch.testing.assert_close(A.margin_loss(z, y), torch.tensor([-1.0, 3.0, 0.0]))
+    # Positive exactly where misclassified; a tie (margin 0) is up to argmax's tie-break.
+    assert ((A.margin_loss(z, y) > 0) == (z.argmax(1) != y))[:2].all()
+
+
+def test_margin_pgd_beats_saturated_cross_entropy():
+    # Logits scaled so far that float32 softmax saturates: the cross-entropy gradient is
+    # exactly zero on confidently classified points and PGD-CE cannot move; the margin's
+    # gradient does not vanish.
+    model, w, b = linear_binary("cpu")
+    with torch.no_grad():
+        model[1].weight *= 1e4
+        model[1].bias *= 1e4
+    x = interior_points(32, "cpu", seed=5)
+    y = (x @ w + b > 0).long()
+    eps = 0.1
+    reachable = (x @ w + b).abs() < eps * w.abs().sum()  # the eps-ball crosses the plane
+    torch.manual_seed(0)
+    ce = A.pgd(model, x, y, eps, steps=10, random_start=False)
+    margin = A.pgd(model, x, y, eps, steps=10, random_start=False, loss="margin")
+
+    def acc(a):
+        return ((a @ w + b > 0).long() == y).float().mean().item()
+
+    assert acc(margin) <= acc(ce)
+    assert acc(margin) == 1 - reachable.float().mean().item() < acc(ce) == 1.0
+    with pytest.raises(ValueError, match="loss"):
+        A.pgd(model, x, y, eps, loss="hinge")
+
+
+def test_margin_pgd_at_least_as_strong_on_a_toy_cnn():
+    torch.manual_seed(0)
+    model = tiny_cnn().eval()
+    x = torch.rand(200, 1, 9, 9)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # 100% clean accuracy
+    torch.manual_seed(1)
+    ce = A.pgd(model, x, y, 0.05, steps=10)
+    torch.manual_seed(1)
+    other = A.pgd(model, x, y, 0.05, steps=10, loss="margin")
+    with torch.no_grad():
+        acc_ce = (model(ce).argmax(1) == y).float().mean()
+        acc = (model(other).argmax(1) == y).float().mean()
+    assert acc <= acc_ce < 1
+
+
+def test_restarts_keep_each_images_best_run():
+    model = tiny_cnn().eval()
+    x = torch.rand(64, 1, 9, 9)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    torch.manual_seed(2)
+    runs = [A.pgd(model, x, y, 0.03, steps=3, loss="margin") for _ in range(3)]
+    torch.manual_seed(2)
+    best = A.pgd(model, x, y, 0.03, steps=3, loss="margin", restarts=3)
+    margins = torch.stack([A.mean_margin(model, r, y) for r in runs])
+    expected = torch.stack(runs)[margins.argmax(0), torch.arange(64)]
+    torch.testing.assert_close(best, expected, atol=0, rtol=0)
+    assert len(set(margins.argmax(0).tolist())) > 1  # different images keep different runs
+    with torch.no_grad():
+        wrong = [(model(r).argmax(1) != y) for r in runs]
+        assert ((model(best).argmax(1) != y) == (wrong[0] | wrong[1] | wrong[2])).all()
+    torch.manual_seed(2)
+    torch.testing.assert_close(A.pgd(model, x, y, 0.03, steps=3, loss="margin", restarts=1),
+                               runs[0], atol=0, rtol=0)
+    with pytest.raises(ValueError, match="random_start"):
+        A.pgd(model, x, y, 0.03, restarts=2, random_start=False)
+    with pytest.raises(ValueError, match="restarts"):
+        A.pgd(model, x, y, 0.03, restarts=0)
+
+
+def test_eot_pgd_matches_torchattacks_on_a_stochastic_model():
+    ta = _torchattacks()
+    model = stochastic_cnn()
+    x, y = torch.rand(8, 1, 9, 9), torch.randint(0, 3, (8,))
+    attack = ta.EOTPGD(model, eps=0.1, alpha=0.02, steps=4, eot_iter=3)
+    torch.manual_seed(7)
+    expected = attack(x, y)
+    model.eval()
+    torch.manual_seed(7)
+    ours = A.eot_pgd(model, x, y, 0.1, samples=3, steps=4, step_size=0.02)
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=0)
+
+
+def test_mean_softmax_is_the_ensemble():
+    model = stochastic_cnn()
+    x = torch.rand(6, 1, 9, 9)
+    ens = A.MeanSoftmax(model, samples=5)
+    torch.manual_seed(4)
+    logp = ens(x)
+    torch.manual_seed(4)
+    torch.testing.assert_close(logp.exp(), anoise.ensemble_predict(model, x, 5))
+    torch.testing.assert_close(logp.logsumexp(1), torch.zeros(6), atol=1e-6, rtol=0)
+    # On a deterministic model the ensemble is the model: same log-probabilities, same PGD.
+    det = tiny_cnn().eval()
+    torch.testing.assert_close(A.MeanSoftmax(det, 3)(x), F.log_softmax(det(x), 1))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(5)
+    a = A.ensemble_pgd(det, x, y, 0.1, samples=3, steps=4)
+    torch.manual_seed(5)
+    torch.testing.assert_close(a, A.pgd(det, x, y, 0.1, steps=4), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="samples"):
+        A.MeanSoftmax(det, 0)
+
+
+def test_ensemble_gradient_flows_through_every_draw():
+    model = stochastic_cnn()
+    x = torch.rand(4, 1, 9, 9, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 0])
+    torch.manual_seed(6)
+    F.nll_loss(A.MeanSoftmax(model, 3)(x), y).backward()
+    # By hand: -log(mean_k softmax_k[y]), with the same three draws.
+    x2 = x.detach().clone().requires_grad_(True)
+    torch.manual_seed(6)
+    p = sum(model(x2).softmax(1) for _ in range(3)) / 3
+    (-p[torch.arange(4), y].log().mean()).backward()
+    torch.testing.assert_close(x.grad, x2.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_transfer_attacks_the_source_model():
+    student = stochastic_cnn()
+    twin = without_noise(student)
+    x, y = torch.rand(5, 1, 9, 9), torch.tensor([0, 1, 2, 0, 1])
+    attack = functools.partial(A.pgd, eps=0.1, steps=3)
+    torch.manual_seed(8)
+    moved = A.transfer(twin, attack)(student, x, y)
+    torch.manual_seed(8)
+    torch.testing.assert_close(moved, attack(twin, x, y), atol=0, rtol=0)
+    torch.manual_seed(8)
+    assert not torch.equal(moved, attack(student, x, y))
+
+
+def test_without_noise_keeps_the_weights_and_removes_every_noise():
+    teacher = tiny_cnn().eval()
+    x = torch.rand(8, 1, 9, 9)
+    expected = teacher(x)
+    student = anoise.to_stochastic(teacher, 0.7, layers=(nn.Conv2d, nn.Linear))
+    anoise.calibrate(student, [x])
+    for noisy in (student.eval(), to_pni(teacher, 0.5).eval(), to_rse(teacher, 0.3, 0.2)):
+        assert A.is_stochastic(noisy, x)
+        quiet = without_noise(noisy).eval()
+        torch.testing.assert_close(quiet(x), expected, atol=1e-6, rtol=1e-6)
+        assert not A.is_stochastic(quiet, x)
+        assert A.is_stochastic(noisy, x)  # the original keeps its noise
+    assert [m.alpha for m in anoise.noise_layers(without_noise(student))] == [0.0] * 3
+    with pytest.raises(ValueError, match="no AdaptiveNoise"):
+        without_noise(teacher)
 
 
 def test_pni_and_rse_layers():

@@ -1,14 +1,20 @@
 """The training recipe and ``python -m anoise.demo`` at CI size."""
 
 import json
+import math
+import os
+import re
+import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import anoise
-from anoise.demo import parse_args, run
+from anoise import attacks as A
+from anoise.demo import docs, parse_args, report, run, zoo
 from anoise.demo.data import load_images, split
 from anoise.demo.model import SmallCNN
 from anoise.demo.run import PRESETS, build_parser
@@ -74,6 +80,13 @@ def test_presets_and_overrides():
     args = parse_args(["--quick", "--pgd-steps", "3", "--alphas", "1,0.5"])
     assert args.preset == "quick" and args.pgd_steps == 3 and args.alphas == [0.5, 1.0]
     assert args.eot_samples == PRESETS["quick"]["eot_samples"] and args.main_alpha == 1.0
+    assert args.seeds >= 2 and 1 <= args.jobs <= args.seeds and args.threads == 1
+    assert parse_args([]).seeds >= 3
+    # --quick prints the default run's rows (and columns: they do not depend on the preset).
+    assert zoo.row_names(parse_args(["--quick"])) == zoo.row_names(parse_args([]))
+    assert parse_args(["--seeds", "1", "--jobs", "4"]).jobs == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--seeds", "0"])
     with pytest.raises(SystemExit):
         parse_args(["--alphas", "0.1,0.5", "--main-alpha", "0.3"])
     with pytest.raises(SystemExit):
@@ -85,30 +98,117 @@ def test_presets_and_overrides():
             assert flag in help_text
 
 
-ROWS = ["teacher", "student a=0.5 (teacher-init)", "student a=0.5 from scratch",
-        "PNI-W (adv. trained)", "RSE (0.2/0.1)", "teacher + PGD adv. fine-tune"]
-COLS = ["clean", "FGSM", "PGD", "EOT-PGD", "C&W"]
+ROWS = ["teacher", "teacher fine-tuned a=0 (control)", "student a=0.5",
+        "student a=0.5, noise off", "student a=0.5, from scratch",
+        "student a=0.5, from scratch, noise off", "PNI-W (adv. trained)", "PNI-W, noise off",
+        "RSE (0.2/0.1)", "RSE, noise off", "teacher + PGD adv. fine-tune"]
+COLS = ["clean", "FGSM", "PGD", "EOT-PGD", "EOT-PGD margin", "EOT-PGD more draws", "ensemble",
+        "transfer", "C&W", "worst case"]
+HEADERS = ["clean, all 3 draws", "worst case, all 3 draws", "worst case, majority",
+           "worst case, ensemble", "clean, per-draw mean", "mean +- std over training seeds",
+           "found (%)", "median L2", "NOT a robustness measure", "beyond spread",
+           "noise on - noise off, worst case", "noise off - control, worst case",
+           "sampling error"]
 
 
-def test_demo_smoke_cli_is_reproducible(tmp_path):
+def test_demo_smoke_cli_prints_every_row_and_column_and_is_reproducible(tmp_path):
     out = tmp_path / "cli"
     proc = subprocess.run([sys.executable, "-m", "anoise.demo", "--smoke", "--quiet",
                            "--dataset", "digits", "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    for row in ROWS:
-        assert row in proc.stdout
+    for text in ROWS + COLS + HEADERS:
+        assert text in proc.stdout, text
     result = json.loads((out / "results.json").read_text())
-    assert list(result["table"]) == ROWS
+    assert list(result["summary"]) == ROWS and result["rows"] == ROWS
+    assert result["seeds"] == [0, 1] and len(result["per_seed"]) == 2
     for row in ROWS:
-        assert list(result["table"][row]) == COLS
-        for cell in result["table"][row].values():
-            assert 0 <= cell["mean"] <= 1 and 0 <= cell["ensemble"] <= 1
+        assert list(result["summary"][row]) == COLS
+        for col, cell in result["summary"][row].items():
+            for metric in ("mean", "all_draws", "majority", "ensemble"):
+                values = cell[metric]["values"]
+                assert len(values) == 2 and all(0 <= v <= 1 for v in values), (row, col)
+            # Correct on every draw is never more likely than on one draw.
+            assert cell["all_draws"]["mean"] <= cell["mean"]["mean"] + 1e-12
+        det = not result["summary"][row]["clean"]["stochastic"]
+        assert det == (row.endswith("noise off") or row.startswith("teacher")), row
+    # Every file the run wrote is named on stdout, and exists.
+    written = [line.strip() for line in proc.stdout.split("Wrote:")[1].splitlines()
+               if line.strip()]
+    assert {os.path.basename(f) for f in written} == {
+        "trend_curves.png", "decision_boundaries.png", "results.json", "results.md"}
+    for f in written:
+        assert os.path.isabs(f) and os.path.exists(f)
     for name in ("trend_curves.png", "decision_boundaries.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (out / "results.md").read_text().startswith("| model |")
-    # The same seed gives the same table in-process, figures or not.
+    assert "| model |" in (out / "results.md").read_text()
+    assert "min wall clock" in proc.stdout
+    # The docs command regenerates marked blocks and copies the figures from this run.
+    page = tmp_path / "page.md"
+    page.write_text("a\n<!-- BEGIN demo:main -->\nold\n<!-- END demo:main -->\nb\n")
+    assert docs.main([str(out / "results.json"), "--update", str(page), "--images",
+                      str(tmp_path / "img")]) == 0
+    text = page.read_text()
+    assert "old" not in text and "| student a=0.5, noise off |" in text
+    assert text.startswith("a\n<!-- BEGIN demo:main -->\n| model |") and text.endswith("b\n")
+    assert sorted(os.listdir(tmp_path / "img")) == ["demo_decision_boundaries.png",
+                                                   "demo_trend_curves.png"]
+    # The same seed gives the same tables in-process, figures or not, in 2 processes or 1.
     again = run(parse_args(["--smoke", "--quiet", "--no-plots", "--dataset", "digits",
-                            "--out", str(tmp_path / "again")]))
-    assert again["table"] == result["table"]
-    assert again["figures"] == []
+                            "--jobs", "2", "--out", str(tmp_path / "again")]))
+    assert again["summary"] == result["summary"]
+    assert again["figures"] == [] and again["jobs"] == 2
+
+
+def _seed(results: dict, seed=0):
+    rows = list(results)
+    return zoo.SeedResult(seed=seed, rows=rows, results=results, chosen={}, cw={},
+                          pni_alphas=[], seconds=0.0)
+
+
+def _res(correct):
+    c = torch.tensor(correct, dtype=torch.bool)
+    return A.Result([c.float().mean().item()], c.float(), c, c, c, c.float(), False)
+
+
+def test_contrasts_are_paired_over_seeds():
+    spec = dict(label="a - b", alpha=None, a=("a", "clean", "mean"), b=("b", "clean", "mean"))
+    seeds = [_seed({"a": {"clean": _res(a)}, "b": {"clean": _res(b)}}, i) for i, (a, b) in
+             enumerate([([1, 1, 1, 0], [1, 0, 0, 0]), ([1, 1, 0, 0], [1, 0, 0, 0]),
+                        ([1, 1, 1, 1], [1, 0, 1, 0])])]
+    (c,) = report.contrasts(seeds, [spec])
+    assert c["per_seed"] == [0.5, 0.25, 0.5]
+    assert math.isclose(c["mean"], 1.25 / 3)
+    assert math.isclose(c["std"], statistics.stdev([0.5, 0.25, 0.5]))
+    # Paired per-image differences: seed 0 (0, 1, 1, 0) has std 0.577 over 4 images.
+    se = [statistics.stdev(d) / 2 for d in ([0, 1, 1, 0], [0, 1, 0, 0], [0, 1, 0, 1])]
+    assert math.isclose(c["sampling_se"], math.sqrt(sum(e * e for e in se) / 3))
+    assert not c["clear"]  # 0.42 is below twice the sampling error (0.54)
+    big = [_seed({"a": {"clean": _res([1] * 40)}, "b": {"clean": _res([1] * 20 + [0] * 20)}},
+                 i) for i in range(3)]
+    (c,) = report.contrasts(big, [spec])
+    assert c["clear"] and c["std"] == 0 and c["mean"] == 0.5
+    mixed = [_seed({"a": {"clean": _res([1] * 40)}, "b": {"clean": _res(b)}}, i)
+             for i, b in enumerate([[0] * 40, [0] * 40, [1] * 40])]
+    assert not report.contrasts(mixed, [spec])[0]["clear"]  # one seed disagrees
+
+
+def test_report_regenerates_marked_blocks(tmp_path):
+    text = ("intro\n<!-- BEGIN demo:main -->\nold\n<!-- END demo:main -->\nmiddle\n"
+            "<!-- BEGIN demo:time -->\nold\n<!-- END demo:time -->\nend\n")
+    new = report.update_blocks(text, {"main": "| table |", "time": "5 min"})
+    assert new == ("intro\n<!-- BEGIN demo:main -->\n| table |\n<!-- END demo:main -->\n"
+                   "middle\n<!-- BEGIN demo:time -->\n5 min\n<!-- END demo:time -->\nend\n")
+    assert report.update_blocks(new, {"main": "| table |", "time": "5 min"}) == new
+    with pytest.raises(KeyError, match="nope"):
+        report.update_blocks("<!-- BEGIN demo:nope -->\n<!-- END demo:nope -->", {})
+
+
+def test_docs_blocks_are_the_reports():
+    # Every generated block in the README and docs/demo.md is one the report can regenerate.
+    root = Path(__file__).resolve().parent.parent
+    names = set(report.BLOCKS)
+    for path in (root / "README.md", root / "docs" / "demo.md"):
+        found = re.findall(r"<!-- BEGIN demo:([\w-]+) -->", path.read_text())
+        assert found, path
+        assert set(found) <= names, (path, found)

@@ -19,35 +19,57 @@ def _pyplot():
     return plt
 
 
-def trend_curves(alphas: list[float], evaluations: list, attacks: list[str], path: str,
-                 title: str = "") -> str:
-    """Clean accuracy and attack success rate (1 - accuracy under attack) over alpha.
+def trend_curves(result: dict, path: str) -> str:
+    """Clean accuracy and attack success (100 - accuracy under attack) over alpha.
 
-    ``evaluations[i]`` is the :class:`anoise.attacks.Evaluation` at ``alphas[i]``; bands are
-    +- one std over noise draws, dashed lines the ensemble (``ensemble_predict``) values.
+    ``result``: the demo's ``results.json`` content.  alpha = 0 is the control (the teacher
+    fine-tuned with the students' recipe at alpha 0); the teacher is the grey line.  Lines are
+    the mean over training seeds, bands +- one std over seeds.
     """
+    from .zoo import NOISE_OFF, WORST
+
     plt = _pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for ax, names, success in ((ax1, ["clean"], False), (ax2, attacks, True)):
-        for name in names:
-            mean = torch.tensor([e[name].mean for e in evaluations])
-            std = torch.tensor([e[name].std for e in evaluations])
-            ens = torch.tensor([e[name].ensemble for e in evaluations])
+    summ = result["summary"]
+    k = result["settings"]["draws"]
+    alphas = [0.0] + list(result["settings"]["alphas"])
+    control = "teacher fine-tuned a=0 (control)"
+    on = [control] + [f"student a={a:g}" for a in alphas[1:]]
+    off = [control] + [f"student a={a:g}{NOISE_OFF}" for a in alphas[1:]]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11.5, 4.4))
+    panels = (
+        (ax1, False, [("noise on, per-draw mean", on, "clean", "mean", "o-"),
+                      (f"noise on, correct on all {k} draws", on, "clean", "all_draws", "s-"),
+                      ("noise on, ensemble", on, "clean", "ensemble", "^:"),
+                      ("same weights, noise off", off, "clean", "mean", "D--")]),
+        (ax2, True, [("PGD, noise on", on, "PGD", "mean", "x:"),
+                     ("EOT-PGD, noise on", on, "EOT-PGD", "mean", "+:"),
+                     ("worst case, noise on, per-draw mean", on, WORST, "mean", "o-"),
+                     (f"worst case, noise on, fooled on any of {k} draws", on, WORST,
+                      "all_draws", "s-"),
+                     ("worst case, same weights, noise off", off, WORST, "mean", "D--")]),
+    )
+    for ax, success, lines in panels:
+        for label, rows, col, metric, style in lines:
+            mean = torch.tensor([summ[r][col][metric]["mean"] for r in rows]) * 100
+            std = torch.tensor([summ[r][col][metric]["std"] for r in rows]) * 100
             if success:
-                mean, ens = 1 - mean, 1 - ens
-            line, = ax.plot(alphas, 100 * mean, "o-", label=name)
-            ax.fill_between(alphas, 100 * (mean - std), 100 * (mean + std),
-                            color=line.get_color(), alpha=0.2)
-            ax.plot(alphas, 100 * ens, "--", color=line.get_color(), linewidth=1)
-        ax.set_xlabel("alpha (degree of stochasticity; 0 = teacher)")
+                mean = 100 - mean
+            line, = ax.plot(alphas, mean, style, label=label, linewidth=1.4, markersize=5)
+            ax.fill_between(alphas, mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        col = WORST if success else "clean"
+        teacher = 100 * summ["teacher"][col]["mean"]["mean"]
+        ax.axhline(100 - teacher if success else teacher, color="grey", linestyle="--",
+                   linewidth=1, label="teacher")
+        ax.set_xlabel("alpha (degree of stochasticity; 0 = control fine-tuned without noise)")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     ax1.set_ylabel("clean accuracy (%)")
-    ax2.set_ylabel("attack success (%) = 100 - adv. accuracy")
-    ax2.legend(fontsize=8)
-    ax1.set_title("clean accuracy (solid: mean over draws, dashed: ensemble)", fontsize=9)
-    ax2.set_title("white-box attack success", fontsize=9)
-    if title:
-        fig.suptitle(title, fontsize=10)
+    ax2.set_ylabel("attack success (%) = 100 - accuracy under attack")
+    ax1.set_title("clean accuracy", fontsize=9)
+    ax2.set_title(f"white-box L-inf attacks, eps {result['settings']['eps']:g}", fontsize=9)
+    fig.suptitle(f"teacher-initialised students, {result['eval_size']} test images, "
+                 f"{len(result['seeds'])} training seeds (bands: +- one std over seeds)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -90,7 +112,7 @@ def boundary_figure(panels: list[tuple[str, Tensor]], radius: float, true_label:
                     path: str, title: str = "") -> str:
     """One image per panel of predicted classes on the slice; the test image is at the centre."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 4.2), squeeze=False)
     cmap = plt.get_cmap("tab10")
     for ax, (name, labels) in zip(axes[0], panels, strict=True):
         ax.imshow(labels.numpy(), cmap=cmap, vmin=-0.5, vmax=9.5, origin="lower",

