@@ -73,8 +73,11 @@ _BACKENDS = {
     "cuda": _Backend("cuda", "anoise._cuda", ("cuda",)),
     "cpu": _Backend("cpu", "anoise._cpu", ("cpu",)),
 }
-# Order of preference for backend="auto".
-_AUTO = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference")}
+# Order of preference for backend="auto".  On CUDA, until GPU timings exist, by the static sm_90
+# proxy (benchmarks/RESULTS.md, SASS instructions per element): triton's hot loops issue fewer
+# than cuda's in the passes that are not memory-bound (fp32 inject 35.1 vs 39.5, g 35 vs 39.8,
+# bf16 inject 38.6 vs 42.5), so triton comes first.
+_AUTO = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
 
 BACKEND_NAMES = tuple(_BACKENDS)
 

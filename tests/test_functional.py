@@ -123,11 +123,15 @@ def test_gradcheck_running_stats_in_eval():
     assert torch.autograd.gradcheck(f, (x, alpha))
 
 
-def test_backward_matches_spec_formula():
-    x = torch.randn(6, 4, 3, 3, dtype=torch.float64, requires_grad=True)
-    alpha = torch.rand(4, dtype=torch.float64, requires_grad=True)
-    dy = torch.randn(6, 4, 3, 3, dtype=torch.float64)
-    AF.adaptive_noise(x, alpha, seed=17).backward(dy)
+# The reference draws the stream exactly; fused backends draw it within SPEC's noise tolerance
+# (fast log / sin / cos), which bounds how far their sums over dy * eps can move.
+@pytest.mark.parametrize("device, backend", [(d, b) for d in DEVICES for b in usable_backends(d)])
+def test_backward_matches_spec_formula(device, backend):
+    tol = {} if backend == "reference" else dict(atol=1e-5, rtol=1e-5)
+    x = torch.randn(6, 4, 3, 3, dtype=torch.float64, device=device, requires_grad=True)
+    alpha = torch.rand(4, dtype=torch.float64, device=device, requires_grad=True)
+    dy = torch.randn(6, 4, 3, 3, dtype=torch.float64, device=device)
+    AF.adaptive_noise(x, alpha, seed=17, backend=backend).backward(dy)
 
     shape, M = (1, 4, 1, 1), 6 * 9
     eps_noise = noise_like(x, 17).double()
@@ -136,8 +140,8 @@ def test_backward_matches_spec_formula():
     sigma = torch.sqrt(xd.var(_dims(x), unbiased=False) + 1e-5).view(shape)
     G = (dy * eps_noise).sum(_dims(x)).view(shape)
     dx = dy + alpha.detach().view(shape) * (xd - mu) / (M * sigma) * G
-    torch.testing.assert_close(x.grad, dx)
-    torch.testing.assert_close(alpha.grad, (sigma * G).flatten())
+    torch.testing.assert_close(x.grad, dx, **tol)
+    torch.testing.assert_close(alpha.grad, (sigma * G).flatten(), **tol)
 
 
 def test_stats_grad_false_passes_dy_straight_through():
