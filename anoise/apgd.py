@@ -12,6 +12,7 @@ misclassified point AutoAttack returns wherever one was found, else the highest-
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -32,6 +33,18 @@ def dlr_loss(logits: Tensor, y: Tensor) -> Tensor:
     true = logits.gather(1, y[:, None]).squeeze(1)
     other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(), -math.inf).amax(1)
     return -(true - other) / (ordered[:, 0] - ordered[:, 2] + 1e-12)
+
+
+def targeted_dlr_loss(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    """Per-sample targeted DLR loss (Croce and Hein 2020):
+    ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``, ascended to make ``target`` win.
+    Needs >= 4 classes."""
+    if logits.shape[1] < 4:
+        raise ValueError(f"the targeted DLR loss needs at least 4 classes, got {logits.shape[1]}")
+    ordered = logits.sort(dim=1, descending=True).values
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    wanted = logits.gather(1, target[:, None]).squeeze(1)
+    return -(true - wanted) / (ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
 
 
 APGD_LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
@@ -86,9 +99,10 @@ def _loss_and_grad(model, x_adv, y, loss_fn, samples):
     fooled = torch.zeros(x_adv.shape[0], device=x_adv.device)
     for _ in range(samples):
         xr = x_adv.detach().clone().requires_grad_(True)
-        logits = model(xr)
-        loss = loss_fn(logits, y)
-        (g,) = torch.autograd.grad(loss.sum(), xr)
+        with torch.enable_grad():  # also when called under torch.no_grad()
+            logits = model(xr)
+            loss = loss_fn(logits, y)
+            (g,) = torch.autograd.grad(loss.sum(), xr)
         grad += g
         loss_sum += loss.detach()
         fooled += (logits.detach().argmax(1) != y).float()
@@ -192,18 +206,58 @@ def apgd(
     x = x.detach()
     best = None
     for _ in range(restarts):
-        run = _apgd_once(model, x, y, float(eps), norm, steps, loss_fn, eot_samples, rho,
-                         momentum)
-        if best is None:
-            best = run
-            continue
-        xb, fb, lb = best
-        xr, fr, lr = run
-        better = (fr > fb) | ((fr == fb) & (lr > lb))
-        view = better.view(-1, *([1] * (x.dim() - 1)))
-        best = (torch.where(view, xr, xb), torch.where(better, fr, fb),
-                torch.where(better, lr, lb))
+        best = _keep_better(best, _apgd_once(model, x, y, float(eps), norm, steps, loss_fn,
+                                             eot_samples, rho, momentum))
     return best[0].detach()
+
+
+def _keep_better(best, run):
+    """Per image, the better of two ``(points, fooled share, loss)`` runs."""
+    if best is None:
+        return run
+    xb, fb, lb = best
+    xr, fr, lr = run
+    better = (fr > fb) | ((fr == fb) & (lr > lb))
+    view = better.view(-1, *([1] * (xb.dim() - 1)))
+    return torch.where(view, xr, xb), torch.where(better, fr, fb), torch.where(better, lr, lb)
+
+
+def apgd_targeted(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    eps: float,
+    *,
+    norm: str = "Linf",
+    steps: int = 100,
+    targets: int = 9,
+    eot_samples: int = 1,
+    rho: float = 0.75,
+    momentum: float = 0.75,
+) -> Tensor:
+    """APGD-T (Croce and Hein 2020): for each of the ``targets`` most likely wrong classes
+    (ranked by the clean logits, averaged over ``eot_samples`` passes), one APGD run
+    ascending :func:`targeted_dlr_loss` towards it; returns per image the best point over
+    the runs (as :func:`apgd`).  Costs ``targets`` runs; needs >= 4 classes."""
+    _check(eps, norm, steps, eot_samples, targets)
+    x = x.detach()
+    with torch.no_grad():
+        clean = sum(model(x) for _ in range(eot_samples)) / eot_samples
+    if not targets < clean.shape[1]:
+        raise ValueError(f"targets must be below the number of classes ({clean.shape[1]}), "
+                         f"got {targets}")
+    order = clean.masked_fill(F.one_hot(y, clean.shape[1]).bool(), -math.inf).argsort(
+        1, descending=True)
+    best = None
+    for k in range(targets):
+        loss_fn = functools.partial(_towards, target=order[:, k])
+        best = _keep_better(best, _apgd_once(model, x, y, float(eps), norm, steps, loss_fn,
+                                             eot_samples, rho, momentum))
+    return best[0].detach()
+
+
+def _towards(logits: Tensor, y: Tensor, target: Tensor) -> Tensor:
+    return targeted_dlr_loss(logits, y, target)
 
 
 @torch.no_grad()

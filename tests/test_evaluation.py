@@ -11,7 +11,7 @@ from torch import nn
 
 from anoise import attacks as A
 from anoise import evaluation
-from anoise.apgd import apgd, checkpoints, dlr_loss, square
+from anoise.apgd import apgd, apgd_targeted, checkpoints, dlr_loss, square, targeted_dlr_loss
 from anoise.baselines import without_noise
 
 
@@ -96,6 +96,26 @@ def test_apgd_is_at_least_as_strong_as_torchattacks(digits, norm, eps):
             acc_theirs = (model(theirs).argmax(1) == y).float().mean().item()
             acc_ours = (model(ours).argmax(1) == y).float().mean().item()
         assert acc_ours <= acc_theirs + 1 / len(y)  # one image of tolerance for ties
+
+
+def test_apgd_targeted_matches_torchattacks_apgdt(digits):
+    ta = _torchattacks()
+    model, x = digits["teacher"], digits["x"]
+    logits, y = torch.randn(8, 6), torch.randint(0, 6, (8,))
+    target = (y + 1) % 6
+    expected = ta.APGDT(nn.Identity(), n_classes=6).dlr_loss_targeted(logits, y, target)
+    torch.testing.assert_close(targeted_dlr_loss(logits, y, target), expected)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    for targets in (1, 3):
+        theirs = ta.APGDT(model, eps=0.05, steps=6, n_classes=targets + 1, seed=0)(x, y)
+        torch.manual_seed(0)
+        with torch.no_grad():  # apgd switches gradients on itself
+            ours = apgd_targeted(model, x, y, 0.05, steps=6, targets=targets)
+            fooled_theirs, fooled_ours = model(theirs).argmax(1) != y, model(ours).argmax(1) != y
+        assert (fooled_theirs <= fooled_ours).all() and fooled_ours.any()
+    with pytest.raises(ValueError, match="targets"):
+        apgd_targeted(model, x, y, 0.05, targets=10)
 
 
 def test_apgd_stays_in_budget_and_checks_arguments(digits):
