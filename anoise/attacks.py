@@ -14,6 +14,9 @@ cross-entropy; ``restarts`` keeps each image's best of several random starts;
 examples on another model (e.g. the defence with its noise off).  :func:`evaluate` classifies
 each attack's examples on several fresh draws, keeps per-image figures (all draws, majority
 vote, ensemble) and can take, per image, the strongest of several attacks (the worst case).
+
+For a complete evaluation (an adaptive suite with APGD, the worst case, sanity checks and a
+report) use :func:`anoise.evaluation.evaluate`; APGD itself is :func:`anoise.apgd.apgd`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import torch
 
 import anoise
 from anoise import attacks as A
-from anoise.demo import docs, parse_args, report, run, zoo
+from anoise.demo import docs, parse_args, report, run_demo, zoo
 from anoise.demo.data import load_images, split
 from anoise.demo.model import SmallCNN
 from anoise.demo.run import PRESETS, build_parser
@@ -102,13 +102,14 @@ ROWS = ["teacher", "teacher fine-tuned a=0 (control)", "student a=0.5",
         "student a=0.5, noise off", "student a=0.5, from scratch",
         "student a=0.5, from scratch, noise off", "PNI-W (adv. trained)", "PNI-W, noise off",
         "RSE (0.2/0.1)", "RSE, noise off", "teacher + PGD adv. fine-tune"]
-COLS = ["clean", "FGSM", "PGD", "EOT-PGD", "EOT-PGD margin", "EOT-PGD more draws", "ensemble",
-        "transfer", "C&W", "worst case"]
+COLS = ["clean", "FGSM", "PGD", "EOT-PGD", "EOT-PGD margin", "EOT-PGD more draws", "APGD-CE",
+        "APGD-DLR", "ensemble", "transfer", "C&W", "worst case"]
 HEADERS = ["clean, all 3 draws", "worst case, all 3 draws", "worst case, majority",
            "worst case, ensemble", "clean, per-draw mean", "mean +- std over training seeds",
            "found (%)", "median L2", "NOT a robustness measure", "beyond spread",
            "noise on - noise off, worst case", "noise off - control, worst case",
-           "sampling error"]
+           "sampling error", "Sanity checks of the evaluation", "gradient-free: Square",
+           "large eps: APGD-CE at eps 1"]
 
 
 def test_demo_smoke_cli_prints_every_row_and_column_and_is_reproducible(tmp_path):
@@ -136,7 +137,8 @@ def test_demo_smoke_cli_prints_every_row_and_column_and_is_reproducible(tmp_path
     written = [line.strip() for line in proc.stdout.split("Wrote:")[1].splitlines()
                if line.strip()]
     assert {os.path.basename(f) for f in written} == {
-        "trend_curves.png", "decision_boundaries.png", "results.json", "results.md"}
+        "trend_curves.png", "decision_boundaries.png", "results.json", "results.md",
+        "seed0.pt", "seed1.pt"}
     for f in written:
         assert os.path.isabs(f) and os.path.exists(f)
     for name in ("trend_curves.png", "decision_boundaries.png"):
@@ -154,10 +156,52 @@ def test_demo_smoke_cli_prints_every_row_and_column_and_is_reproducible(tmp_path
     assert sorted(os.listdir(tmp_path / "img")) == ["demo_decision_boundaries.png",
                                                    "demo_trend_curves.png"]
     # The same seed gives the same tables in-process, figures or not, in 2 processes or 1.
-    again = run(parse_args(["--smoke", "--quiet", "--no-plots", "--dataset", "digits",
+    again = run_demo(parse_args(["--smoke", "--quiet", "--no-plots", "--dataset", "digits",
                             "--jobs", "2", "--out", str(tmp_path / "again")]))
     assert again["summary"] == result["summary"]
     assert again["figures"] == [] and again["jobs"] == 2
+    # The sanity checks ran on the first seed's rows, and passed or were printed as warnings.
+    assert list(result["checks"]) == ROWS
+    for row, checks in result["checks"].items():
+        assert len(checks) == 3 and all(c["seeds"] == [0] for c in checks), row
+        for c in checks:
+            if not all(c["passed"]):
+                assert f"WARNING: {row}, seed 0: sanity check '{c['name']}'" in proc.stdout
+    # The saved models load in one line, and --eval-only reproduces the tables without
+    # training (attacks are seeded per row).
+    student = torch.load(out / "models" / "seed0.pt", weights_only=False)["models"][
+        "student a=0.5"]
+    assert A.is_stochastic(student.eval(), torch.rand(2, 1, 16, 16))
+    evaluated = run_demo(parse_args(["--smoke", "--quiet", "--no-plots", "--dataset",
+                                     "digits", "--jobs", "1", "--eval-only", str(out / "models"),
+                                     "--out", str(tmp_path / "evaluated")]))
+    assert evaluated["summary"] == result["summary"]
+    assert not (tmp_path / "evaluated" / "models").exists()
+
+
+def test_demo_run_is_the_module_and_saved_models_are_checked(tmp_path):
+    import types
+
+    import anoise.demo
+    import anoise.demo.run
+
+    assert isinstance(anoise.demo.run, types.ModuleType) and callable(anoise.demo.run_demo)
+    args = parse_args(["--smoke", "--out", str(tmp_path)])
+    assert args.save_models == str(tmp_path / "models")
+    assert parse_args(["--smoke", "--eval-only", str(tmp_path)]).save_models is None
+    names = zoo.row_names(args)
+    models = [(n, torch.nn.Linear(2, 2)) for n in names]
+    path = zoo.save_models(str(tmp_path / "m"), 0, models, args)
+    loaded = zoo.load_models(str(tmp_path / "m"), 0, args)
+    assert [n for n, _ in loaded] == names and path.endswith("seed0.pt")
+    torch.testing.assert_close(loaded[0][1].weight, models[0][1].weight)
+    with pytest.raises(SystemExit, match="no saved models for seed 1"):
+        zoo.load_models(str(tmp_path / "m"), 1, args)
+    with pytest.raises(SystemExit, match="rows"):
+        zoo.load_models(str(tmp_path / "m"), 0, parse_args(["--smoke", "--alphas", "0.3"]))
+    with pytest.raises(SystemExit, match="test_fraction"):
+        zoo.load_models(str(tmp_path / "m"), 0,
+                        parse_args(["--smoke", "--test-fraction", "0.3"]))
 
 
 def _seed(results: dict, seed=0):

@@ -1,5 +1,6 @@
 """The end-to-end demo: ``python -m anoise.demo --help``."""
 
-from .run import main, parse_args, run
+from .run import main, parse_args, run_demo
 
-__all__ = ["main", "parse_args", "run"]
+# ``run`` stays the module (anoise.demo.run); the function is ``run_demo``.
+__all__ = ["main", "parse_args", "run_demo"]

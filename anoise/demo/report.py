@@ -187,7 +187,9 @@ def describe(result: dict) -> str:
             f" eps, random start. EOT-PGD: the same, each gradient averaged over "
             f"{s['eot_samples']} draws. EOT-PGD margin: logit-margin loss, best of "
             f"{s['restarts']} restarts. EOT-PGD more draws: margin, {s['more_draws_steps']} "
-            f"steps x {s['more_draws']} draws. Ensemble: PGD on the log of the mean softmax "
+            f"steps x {s['more_draws']} draws. APGD-CE / APGD-DLR: Auto-PGD (Croce and Hein "
+            f"2020), {s['pgd_steps']} steps, each gradient averaged over {s['eot_samples']} "
+            f"draws, each image's best point kept. Ensemble: PGD on the log of the mean softmax "
             f"over {s['eot_samples']} draws. Transfer: PGD (margin, {s['restarts']} restarts) "
             f"on the noise-off twin. Worst case: per image, of the clean input and every "
             f"L-inf attack's example, the one with the fewest correct of {s['select_draws']} "
@@ -196,8 +198,60 @@ def describe(result: dict) -> str:
             f"{s['cw_steps']} Adam steps.")
 
 
+def checks_summary(seed_results) -> dict:
+    """``{row: [{name, passed, accuracy, reference, detail, seeds} per check]}``, values per
+    seed that ran the checks (the demo runs them on the first seed)."""
+    out = {}
+    checked = [s for s in seed_results if any(s.checks.values())]
+    if not checked:
+        return out
+    for row in seed_results[0].rows:
+        per_seed = [s.checks.get(row, []) for s in checked]
+        out[row] = [dict(name=c["name"], passed=[p[i]["passed"] for p in per_seed],
+                         accuracy=[p[i]["accuracy"] for p in per_seed],
+                         reference=[p[i]["reference"] for p in per_seed],
+                         detail=[p[i]["detail"] for p in per_seed],
+                         seeds=[s.seed for s in checked])
+                    for i, c in enumerate(per_seed[0])]
+    return out
+
+
+CHECK_HEADERS = ("gradient-free: Square / best gradient attack",
+                 "large eps: APGD-CE at eps 1", "more effort: APGD-CE 2x steps and draws / "
+                 "worst case")
+
+
+def checks_table(result: dict, markdown: bool) -> str:
+    """Each row's sanity checks (accuracy %, mean over the seeds that ran them), FAIL where
+    one failed."""
+    body = []
+    for row, checks in result.get("checks", {}).items():
+        if not checks:
+            continue
+        cells = []
+        for c in checks:
+            acc = 100 * sum(c["accuracy"]) / len(c["accuracy"])
+            ref = 100 * sum(c["reference"]) / len(c["reference"])
+            failed = len(c["passed"]) - sum(c["passed"])
+            cell = f"{acc:.1f}" if c["name"].startswith("accuracy goes") else \
+                f"{acc:.1f} / {ref:.1f}"
+            cells.append(cell + (" FAIL" if failed else " ok"))
+        body.append([row] + cells)
+    if not body:
+        return "(not run)"
+    return _layout(["model"] + list(CHECK_HEADERS[:len(body[0]) - 1]), body, markdown)
+
+
+def check_warnings(result: dict) -> list[str]:
+    """One line per failed check and seed."""
+    return [f"WARNING: {row}, seed {seed}: sanity check '{c['name']}' failed: {detail}"
+            for row, checks in result.get("checks", {}).items() for c in checks
+            for seed, ok, detail in zip(c["seeds"], c["passed"], c["detail"], strict=True)
+            if not ok]
+
+
 BLOCKS = ("main", "attacks", "per-image", "chosen", "cw", "contrasts", "contrasts-main",
-          "setup", "time")
+          "checks", "setup", "time")
 
 
 def sections(result: dict, markdown: bool) -> dict[str, str]:
@@ -214,6 +268,7 @@ def sections(result: dict, markdown: bool) -> dict[str, str]:
         "contrasts": contrast_table(result["contrasts"], markdown),
         "contrasts-main": contrast_table(
             [c for c in result["contrasts"] if c["alpha"] in (None, main_alpha)], markdown),
+        "checks": checks_table(result, markdown),
         "setup": describe(result),
         "time": run_time(result),
     }
@@ -235,22 +290,28 @@ TITLES = {
               "gave (ties go to the earlier column)",
     "cw": "C&W-L2, minimal perturbations: NOT a robustness measure (fresh noise undoes them)",
     "contrasts": "Paired differences (points), same images, per seed",
+    "checks": "Sanity checks of the evaluation, first seed (accuracy %; a FAIL means the "
+              "attacks may be too weak there)",
 }
 
 
 def markdown_report(result: dict) -> str:
     parts = sections(result, markdown=True)
     out = [f"Settings: {parts['setup']}", f"Time: {parts['time']}."]
-    for name in ("main", "attacks", "per-image", "chosen", "cw", "contrasts"):
+    for name in ("main", "attacks", "per-image", "chosen", "cw", "contrasts", "checks"):
         out += [f"### {TITLES[name]}", parts[name]]
+    out += check_warnings(result)
     return "\n\n".join(out) + "\n"
 
 
 def text_report(result: dict) -> str:
     parts = sections(result, markdown=False)
     out = [parts["setup"]]
-    for name in ("main", "attacks", "per-image", "chosen", "cw", "contrasts"):
+    for name in ("main", "attacks", "per-image", "chosen", "cw", "contrasts", "checks"):
         out += [TITLES[name].replace("±", "+-") + ":", parts[name]]
+    warnings = check_warnings(result)
+    if warnings:
+        out.append("\n".join(warnings))
     return "\n\n".join(out)
 
 

@@ -110,13 +110,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RSE noise std before the first convolution")
     g.add_argument("--rse-inner-std", type=float, default=0.1,
                    help="RSE noise std before the other convolutions")
+    m = p.add_argument_group("saved models")
+    m.add_argument("--save-models", metavar="DIR",
+                   help="directory for the trained models, one file per seed (default: "
+                   "OUT/models); load one with torch.load('DIR/seed0.pt', "
+                   "weights_only=False)['models']['student a=0.5']")
+    m.add_argument("--eval-only", metavar="DIR",
+                   help="train nothing: evaluate the models saved in DIR by an earlier run "
+                   "(same data, alphas and seeds options)")
     e = p.add_argument_group("evaluation (preset values when not given)")
+    e.add_argument("--no-checks", action="store_true",
+                   help="skip the sanity checks of the evaluation (gradient-free attack, "
+                   "large eps, more steps and draws)")
     e.add_argument("--eval-size", type=int, help="test images attacked")
     e.add_argument("--eps", type=float, default=0.1, help="L-inf budget of every L-inf attack")
     e.add_argument("--pgd-steps", type=int,
-                   help="steps of PGD, EOT-PGD (both losses), the ensemble and transfer attacks")
+                   help="steps of PGD, EOT-PGD (both losses), APGD-CE / -DLR, the ensemble and "
+                   "transfer attacks")
     e.add_argument("--eot-samples", type=int,
-                   help="noise draws per gradient of EOT-PGD and of the ensemble attack")
+                   help="noise draws per gradient of EOT-PGD, APGD and the ensemble attack")
     e.add_argument("--restarts", type=int,
                    help="random starts of the margin EOT-PGD and of the transfer attack")
     e.add_argument("--more-draws", type=int,
@@ -170,6 +182,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.jobs is None:
         args.jobs = min(args.seeds, usable_cores())
     args.jobs = max(1, min(args.jobs, args.seeds))
+    if args.save_models is None and not args.eval_only:
+        args.save_models = os.path.join(args.out, "models")
     return args
 
 
@@ -187,7 +201,7 @@ def _unbytes(data: bytes):
 def _train_task(args, data: bytes, seed: int) -> bytes:
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    models = zoo.train_models(args, _unbytes(data), seed, t0, bars=False)
+    models = zoo.trained_models(args, _unbytes(data), seed, t0, bars=False)
     return _bytes((models, time.time() - t0))
 
 
@@ -241,7 +255,9 @@ def _run_seeds(args, data: dict, say) -> list:
     return out
 
 
-def run(args) -> dict:
+def run_demo(args) -> dict:
+    """The whole demo for parsed ``args`` (:func:`parse_args`): trains (or loads) the models,
+    evaluates them, prints the report, writes the results and figures; returns the results."""
     t_start = time.time()
     load_start = os.getloadavg()[0]
 
@@ -273,6 +289,7 @@ def run(args) -> dict:
         summary=report.summarise(seed_results),
         contrasts=report.contrasts(seed_results, specs),
         cw=report.cw_summary(seed_results),
+        checks=report.checks_summary(seed_results),
         pni_alphas=[s.pni_alphas for s in seed_results],
         seed_seconds=[round(s.seconds, 1) for s in seed_results],
         per_seed=report.per_seed_json(seed_results))
@@ -292,6 +309,8 @@ def run(args) -> dict:
         json.dump(result, f, indent=1, default=str)
     with open(files[-1], "w") as f:
         f.write(report.markdown_report(result))
+    if args.save_models:
+        files += [zoo.models_path(args.save_models, s.seed) for s in seed_results]
     print(f"\nTime: {report.sections(result, False)['time']}.")
     print("Wrote:\n" + "\n".join(f"  {os.path.abspath(f)}" for f in files), flush=True)
     return result
@@ -311,5 +330,5 @@ def _figures(args, result: dict, first) -> list[str]:
 
 
 def main(argv=None) -> int:
-    run(parse_args(argv))
+    run_demo(parse_args(argv))
     return 0

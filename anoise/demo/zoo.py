@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .. import attacks as A
+from .. import evaluation
+from ..apgd import apgd
 from ..baselines import pni_alphas, to_pni, to_rse, without_noise
 from ..convert import to_stochastic
 from ..training import fit, progress_bar, recalibrate, train_student
@@ -24,8 +27,8 @@ from .model import SmallCNN
 # The L-inf attacks, in table order; the worst case is taken per image over these and the
 # clean input (an attacker may leave an image unchanged), see anoise.attacks.evaluate.
 LINF_ATTACKS = ("FGSM", "PGD", "EOT-PGD", "EOT-PGD margin", "EOT-PGD more draws",
-                "ensemble", "transfer")
-WORST = "worst case"
+                "APGD-CE", "APGD-DLR", "ensemble", "transfer")
+WORST = evaluation.WORST
 NOISE_OFF = ", noise off"
 
 
@@ -42,6 +45,7 @@ class SeedResult:
     seconds: float
     slices: list = field(default_factory=list)  # boundary panels (first seed only)
     slice_label: int = -1
+    checks: dict[str, list[dict]] = field(default_factory=dict)  # per row: SanityCheck dicts
 
 
 def row_names(args) -> list[str]:
@@ -74,6 +78,10 @@ def make_suite(args, model, source, stochastic: bool) -> dict[str, A.Attack]:
         "EOT-PGD more draws": functools.partial(A.pgd, eps=args.eps,
                                                 steps=args.more_draws_steps,
                                                 eot_samples=more_draws, loss="margin"),
+        "APGD-CE": functools.partial(apgd, eps=args.eps, steps=args.pgd_steps,
+                                     eot_samples=eot),
+        "APGD-DLR": functools.partial(apgd, eps=args.eps, steps=args.pgd_steps,
+                                      eot_samples=eot, loss="dlr"),
         "ensemble": functools.partial(A.ensemble_pgd, eps=args.eps, steps=args.pgd_steps,
                                       samples=eot),
         "transfer": A.transfer(source, functools.partial(pgd, loss="margin",
@@ -135,14 +143,54 @@ def train_models(args, data, seed: int, t0: float, bars: bool) -> list[tuple[str
     return list(zip(row_names(args), models, strict=True))
 
 
+# What a saved model file must agree on with the command line for its test images to be the
+# ones the models were evaluated on (and not trained on).
+DATA_SETTINGS = ("dataset", "seed", "test_fraction", "train_size")
+
+
+def models_path(directory: str, seed: int) -> str:
+    return os.path.join(directory, f"seed{seed}.pt")
+
+
+def save_models(directory: str, seed: int, models: list, args) -> str:
+    """Save one seed's trained models (whole modules) to ``DIR/seed{seed}.pt``; load one with
+    ``torch.load(path, weights_only=False)["models"][row name]``."""
+    os.makedirs(directory, exist_ok=True)
+    path = models_path(directory, seed)
+    torch.save(dict(models=dict(models), rows=[n for n, _ in models], seed=seed,
+                    settings={k: getattr(args, k) for k in DATA_SETTINGS}), path)
+    return path
+
+
+def load_models(directory: str, seed: int, args) -> list[tuple[str, object]]:
+    """The ``(row name, model)`` list :func:`save_models` saved for ``seed``, on
+    ``args.device``; raises ``SystemExit`` if the file is missing, its rows are not this
+    run's rows, or its data settings differ from this run's (other test images)."""
+    path = models_path(directory, seed)
+    if not os.path.exists(path):
+        raise SystemExit(f"--eval-only: no saved models for seed {seed} ({path}); save them "
+                         f"with python -m anoise.demo --save-models {directory}")
+    saved = torch.load(path, weights_only=False, map_location=args.device)
+    if saved["rows"] != row_names(args):
+        raise SystemExit(f"--eval-only: {path} holds the rows {saved['rows']}, this run "
+                         f"expects {row_names(args)} (pass the --alphas / --main-alpha / RSE "
+                         "options it was trained with)")
+    differ = {k: v for k, v in saved["settings"].items() if getattr(args, k) != v}
+    if differ:
+        raise SystemExit(f"--eval-only: {path} was trained with {differ}; pass the same "
+                         "options so that the test images are the same")
+    return [(name, saved["models"][name]) for name in saved["rows"]]
+
+
 def transfer_source(name: str, models: dict):
     """The model a row's transfer attack is crafted on: its noise-off twin, else itself."""
     return models.get(name + NOISE_OFF, models[name])
 
 
 def attack_row(args, data, seed: int, index: int, name: str, model, source) -> dict:
-    """The attack suite on one model: per-attack :class:`anoise.attacks.Result`, the worst
-    case, which attack each image's worst case came from, and C&W's perturbation sizes."""
+    """The attack suite on one model (:func:`anoise.evaluation.evaluate`): per-attack
+    :class:`anoise.attacks.Result`, the worst case, which attack each image's worst case came
+    from, the sanity checks, and C&W's perturbation sizes."""
     t0 = time.time()
     _log(args, seed, t0, f"attack {name}")
     xe, ye = data["xe"], data["ye"]
@@ -150,17 +198,33 @@ def attack_row(args, data, seed: int, index: int, name: str, model, source) -> d
     stochastic = A.is_stochastic(model.eval(), xe[:64])
     suite = make_suite(args, model, source, stochastic)
     bar = functools.partial(progress_bar, desc=f"seed {seed} attack {name}", enabled=args.bars)
-    ev = A.evaluate(model, xe, ye, suite, draws=args.draws, progress=bar,
-                    worst_case=("clean",) + LINF_ATTACKS, worst_name=WORST,
-                    select_draws=args.select_draws, keep_adversarial=True)
-    norms = (ev.adversarial.pop("C&W") - xe).flatten(1).norm(dim=1)
+    rep = evaluation.evaluate(
+        model, xe, ye, args.eps, attacks=suite, worst_of=LINF_ATTACKS, draws=args.draws,
+        select_draws=args.select_draws, steps=args.pgd_steps, eot_samples=args.eot_samples,
+        checks=run_checks(args, seed), square_queries=square_queries(args),
+        keep_adversarial=True, progress=bar)
+    norms = (rep.adversarial["C&W"] - xe).flatten(1).norm(dim=1)
     found = norms[norms > 1e-3]  # the tanh round trip alone moves x by ~1e-5
     _log(args, seed, t0, f"attacked {name}")
-    return dict(results=ev.results,
-                chosen=torch.bincount(ev.choice, minlength=len(ev.worst_of)).tolist(),
+    chosen = rep.wins()
+    return dict(results=rep.results,
+                chosen=[chosen[n] for n in ("clean",) + LINF_ATTACKS],
+                checks=[c.to_dict() for c in rep.checks],
                 cw=dict(found=found.numel() / norms.numel(),
                         median_l2=found.median().item() if found.numel() else None),
                 seconds=time.time() - t0)
+
+
+def run_checks(args, seed: int) -> bool:
+    """Whether this seed's rows get the sanity checks: the first seed's only (they cost about
+    as much again as the suite on a stochastic model), unless ``--no-checks``."""
+    return not getattr(args, "no_checks", False) and seed == args.seed
+
+
+def square_queries(args) -> int:
+    """Queries of the gradient-free sanity check: 10 per PGD step (it costs a forward pass
+    per query and draw, a fraction of a gradient step)."""
+    return 10 * args.pgd_steps
 
 
 def assemble(seed: int, models: list, rows: dict, train_seconds: float) -> SeedResult:
@@ -169,19 +233,32 @@ def assemble(seed: int, models: list, rows: dict, train_seconds: float) -> SeedR
     return SeedResult(
         seed=seed, rows=names, results={n: rows[n]["results"] for n in names},
         chosen={n: rows[n]["chosen"] for n in names}, cw={n: rows[n]["cw"] for n in names},
+        checks={n: rows[n]["checks"] for n in names},
         pni_alphas=pni_alphas(dict(models)["PNI-W (adv. trained)"]),
         seconds=train_seconds + sum(rows[n]["seconds"] for n in names))
 
 
+def trained_models(args, data, seed: int, t0: float, bars: bool) -> list[tuple[str, object]]:
+    """This seed's models: loaded from ``--eval-only DIR``, else trained (and saved to
+    ``args.save_models`` when set)."""
+    if getattr(args, "eval_only", None):
+        return load_models(args.eval_only, seed, args)
+    models = train_models(args, data, seed, t0, bars)
+    if getattr(args, "save_models", None):
+        save_models(args.save_models, seed, models, args)
+    return models
+
+
 def run_seed(args, data, seed: int, slices: bool = False) -> SeedResult:
-    """Train every model with ``seed``, attack each with the suite, in this process.
+    """Train (or load) every model with ``seed``, attack each with the suite, in this
+    process.
 
     ``data``: ``{"xtr", "ytr", "xe", "ye"}`` tensors.  ``slices``: also compute the
     decision-boundary panels (from this seed's models).
     """
     t0 = time.time()
     torch.set_num_threads(args.threads)
-    models = train_models(args, data, seed, t0, args.bars)
+    models = trained_models(args, data, seed, t0, args.bars)
     train_seconds = time.time() - t0
     by_name = dict(models)
     rows = {name: attack_row(args, data, seed, i, name, model, transfer_source(name, by_name))
