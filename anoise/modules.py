@@ -150,25 +150,31 @@ class AdaptiveNoise(nn.Module):
             if not isinstance(value, nn.Parameter):
                 self._write_alpha(self.alpha, value)
                 return
-            self._checked_alpha(value)
+            # FSDP2 assigns the parameter at every (un)shard: read its values only where that
+            # costs no device sync or collective (a plain CPU tensor).
+            self._checked_alpha(value, read=value.device.type == "cpu" and
+                                not hasattr(value, "full_tensor"))
         super().__setattr__(name, value)
 
-    def _checked_alpha(self, value, *, signed: bool = False):
+    def _checked_alpha(self, value, *, signed: bool = False, read: bool = True):
         """``value`` if it is a valid alpha for this layer; else raises.  ``signed``: allow
-        negative values (a learnable alpha the optimiser moved below 0)."""
-        checked = value
-        if isinstance(value, Tensor) and not self.per_channel_alpha and value.shape == (1,):
-            checked = value.reshape(())  # the (1,) shape of a learnable scalar alpha
-        AF._check_alpha(checked, self.num_channels)
-        if isinstance(checked, Tensor):
-            if checked.dim() and not self.per_channel_alpha:
-                raise ValueError(
-                    f"alpha must be a scalar (per_channel_alpha=False), got shape "
-                    f"{tuple(value.shape)}"
-                )
-            if not checked.is_meta:
-                whole = _whole(checked)
-                AF._check_alpha_values(whole.abs() if signed else whole, host=True)
+        negative values (a learnable alpha the optimiser moved below 0).  ``read``: check the
+        values too (read on the host), not only type and shape."""
+        if not isinstance(value, Tensor):
+            AF._check_alpha(value, self.num_channels)
+            return value
+        # Type and shape, on a stand-in with no data (value may be a DTensor shard under FSDP2);
+        # (1,) is the shape of a learnable scalar alpha.
+        scalar = not self.per_channel_alpha and tuple(value.shape) == (1,)
+        shape = () if scalar else tuple(value.shape)
+        AF._check_alpha(torch.empty(shape, dtype=value.dtype, device="meta"), self.num_channels)
+        if shape and not self.per_channel_alpha:
+            raise ValueError(
+                f"alpha must be a scalar (per_channel_alpha=False), got shape {tuple(value.shape)}"
+            )
+        if read and not value.is_meta:
+            whole = _whole(value)
+            AF._check_alpha_values(whole.abs() if signed else whole, host=True)
         return value
 
     @torch.no_grad()
