@@ -239,8 +239,9 @@ class AdaptiveNoise(nn.Module):
     def extra_repr(self) -> str:
         if self.learnable_alpha or self.per_channel_alpha:
             alpha = f"tensor{tuple(self.alpha.shape)}"
-        elif self.alpha.is_meta:
-            alpha = "meta"
+        elif self.alpha.is_meta:  # no value to read: show the constructed one
+            initial = getattr(self, "_initial_alpha", None)
+            alpha = f"{initial:g}" if isinstance(initial, numbers.Real) else "meta"
         else:
             alpha = f"{self.alpha.item():g}"
         return (

@@ -192,6 +192,8 @@ def test_transformer_decoder_layer_and_attention_get_noise_in_eval():
     assert type(noisy.out_proj) is type(attention.out_proj)
     report = anoise.summary(noisy)
     assert "in_proj_weight" in report.converted[""] and "out_proj" in report.converted
+    compiled = torch.compile(noisy, backend="eager", fullgraph=True)  # no graph break
+    assert compiled(q, q, q)[0].shape == q.shape
     kept = anoise.to_stochastic(attention, 0.3, layers=nn.Linear, exclude="out_proj")
     assert type(kept) is nn.MultiheadAttention
 
