@@ -88,6 +88,8 @@ def test_subclasses_get_noise_with_their_own_forward():
     noisy = anoise.to_stochastic(teacher, 0.5, layers=(nn.Conv2d, nn.Linear)).train()
     assert noisy[2](torch.randn(2, 8, 9, 9)).shape == (2, 8, 5, 5)
     assert not torch.equal(noisy(x), teacher(x))
+    only = anoise.to_stochastic(teacher, 0.5, layers=StdConv2d)  # a subclass may be named
+    assert isinstance(only[0], AdaptiveNoiseConv2d) and type(only[5]) is nn.Conv2d
 
 
 def test_from_module_keeps_a_subclass_forward():
@@ -194,7 +196,8 @@ def test_transformer_decoder_layer_and_attention_get_noise_in_eval():
     assert "in_proj_weight" in report.converted[""] and "out_proj" in report.converted
     compiled = torch.compile(noisy, backend="eager", fullgraph=True)  # no graph break
     assert compiled(q, q, q)[0].shape == q.shape
-    kept = anoise.to_stochastic(attention, 0.3, layers=nn.Linear, exclude="out_proj")
+    with pytest.warns(UserWarning, match="out_proj: excluded by name"):
+        kept = anoise.to_stochastic(attention, 0.3, layers=nn.Linear, exclude="out_proj")
     assert type(kept) is nn.MultiheadAttention
 
 
