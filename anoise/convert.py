@@ -82,7 +82,10 @@ def to_stochastic(
                 )
             if placement:
                 module.to(**placement)
-            add_noise(module, alpha, **noise_options)
+            try:
+                add_noise(module, alpha, **noise_options)
+            except TypeError as exc:
+                raise TypeError(f"to_stochastic: {name or 'model'!r}: {exc}") from exc
             done[id(module)] = True
             return
         if isinstance(module, tuple(_ALL_TWINS)):

@@ -556,11 +556,14 @@ def twin_class(layer_type: type) -> type:
     if base is None:
         names = ", ".join(f"nn.{t.__name__}" for t in ALL_TWINS)
         raise TypeError(f"{layer_type.__name__} is no subclass of {names}: it has no twin")
-    twin = type(f"AdaptiveNoise{layer_type.__name__}", (ALL_TWINS[base], layer_type), {
-        "__module__": layer_type.__module__,
-        "__doc__": f"``{layer_type.__qualname__}`` (its own forward) followed by AdaptiveNoise.",
-        "_made_for": layer_type,
-    })
+    try:
+        twin = type(f"AdaptiveNoise{layer_type.__name__}", (ALL_TWINS[base], layer_type), {
+            "__module__": layer_type.__module__,
+            "__doc__": f"``{layer_type.__qualname__}`` (its own forward), then AdaptiveNoise.",
+            "_made_for": layer_type,
+        })
+    except TypeError as exc:  # e.g. no consistent method resolution order
+        raise TypeError(f"cannot make a twin class for {layer_type.__qualname__}: {exc}") from exc
     _MADE_TWINS[layer_type] = twin
     return twin
 
@@ -576,6 +579,9 @@ def add_noise(module: nn.Module, alpha: float = 0.1, **noise_options) -> nn.Modu
     in place: its class becomes ``twin_class(type(module))`` and it gains ``.noise``; its
     parameters, buffers, hooks and attributes stay as they are.  Returns ``module``."""
     cls = twin_class(type(module))
+    if hasattr(module, "noise"):
+        raise TypeError(f"{type(module).__name__} already has an attribute 'noise', where its "
+                        "twin keeps its AdaptiveNoise; it cannot be converted")
     module.__class__ = cls
     try:
         module._add_noise(alpha, noise_options)

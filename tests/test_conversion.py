@@ -239,3 +239,19 @@ def test_summary_flags_a_hand_built_layer_on_the_fast_path():
     anoise.calibrate(layer, [x])  # routes it off the fused kernel
     assert layer.linear1.noise.num_batches_tracked.item() == 1
     assert _differs(layer, x)
+
+
+class _NoisyLinear(nn.Linear):
+    """A Linear subclass with a buffer of its own named like the twin's noise layer."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("noise", torch.zeros(self.out_features))
+
+
+def test_a_layer_that_cannot_take_noise_is_named():
+    model = nn.Sequential(nn.Linear(2, 3), _NoisyLinear(3, 2))
+    with pytest.raises(TypeError, match=r"to_stochastic: '1': _NoisyLinear already has an "
+                                        "attribute 'noise'"):
+        anoise.to_stochastic(model, layers=nn.Linear)
+    assert type(model[1]) is _NoisyLinear
