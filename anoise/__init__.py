@@ -24,7 +24,10 @@ from .modules import (
     AdaptiveNoiseConvTranspose2d,
     AdaptiveNoiseConvTranspose3d,
     AdaptiveNoiseLinear,
+    AdaptiveNoiseMultiheadAttention,
+    twin_class,
 )
+from .report import ConversionSummary, summary
 
 __version__ = "0.1.0"
 
@@ -37,6 +40,8 @@ __all__ = [
     "AdaptiveNoiseConvTranspose2d",
     "AdaptiveNoiseConvTranspose3d",
     "AdaptiveNoiseLinear",
+    "AdaptiveNoiseMultiheadAttention",
+    "ConversionSummary",
     "BackendInfo",
     "backends",
     "calibrate",
@@ -45,5 +50,7 @@ __all__ = [
     "functional",
     "noise_layers",
     "set_alpha",
+    "summary",
     "to_stochastic",
+    "twin_class",
 ]

@@ -257,23 +257,24 @@ def _check_alpha(alpha, C: int) -> None:
             )
         return
     alpha = float(alpha)
-    if math.isnan(alpha):
-        raise ValueError("alpha must not be NaN")
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must not be NaN or inf, got {alpha}")
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha:g}")
 
 
 def _check_alpha_values(alpha: Tensor, host: bool) -> None:
-    """No negative or NaN value: read on the host, or asserted on the device (no sync; also
-    what a traced graph does)."""
+    """No negative, NaN or infinite value: read on the host, or asserted on the device (no
+    sync; also what a traced graph does)."""
     a = alpha.detach()
     if host and not torch.compiler.is_compiling():
-        if torch.isnan(a).any():
-            raise ValueError("alpha must not be NaN")
+        if not torch.isfinite(a).all():
+            raise ValueError("alpha must not be NaN or inf")
         if (a < 0).any():
             raise ValueError(f"alpha must be >= 0, got min {a.min().item():g}")
     else:
-        torch._assert_async((a >= 0).all(), "anoise: alpha must be >= 0 and not NaN")
+        torch._assert_async(((a >= 0) & (a < math.inf)).all(),
+                            "anoise: alpha must be >= 0 and finite")
 
 
 def _check_flag(value, name: str) -> bool:
@@ -295,8 +296,8 @@ def _check_momentum(momentum) -> float | None:
 def _check_eps(eps) -> float:
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0 (it keeps sigma finite), got {eps}")
+    if not 0 < eps < math.inf:
+        raise ValueError(f"eps must be > 0 and finite (it keeps sigma finite), got {eps}")
     return float(eps)
 
 

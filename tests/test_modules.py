@@ -22,7 +22,7 @@ def test_subclasses_and_repr():
     conv = AdaptiveNoiseConv2d(3, 4, 3, alpha=0.2, learnable_alpha=True)
     lin = AdaptiveNoiseLinear(5, 6, alpha=0.3)
     assert isinstance(conv, nn.Conv2d) and isinstance(lin, nn.Linear)
-    assert "alpha=tensor()" in repr(conv) and "learnable_alpha=True" in repr(conv)
+    assert "alpha=tensor(1,)" in repr(conv) and "learnable_alpha=True" in repr(conv)
     assert "alpha=0.3" in repr(lin)
     assert isinstance(conv.noise.alpha, nn.Parameter)
     assert any(name.endswith("noise.alpha") for name, _ in conv.named_parameters())
