@@ -194,7 +194,10 @@ def _seed_tensor(seed: int | None, x: Tensor) -> Tensor:
     captured in a CUDA graph (where host-to-device copies are not allowed).
     """
     if seed is None:
-        return _ops.draw_seed(x)
+        # From a detached x: the seed is no function of x, and drawing it from x itself would
+        # give it an autograd node (an autograd.Function without setup_context or jvp, which
+        # torch.func transforms and forward-mode AD refuse, and ~0.1 ms a call in backward).
+        return _ops.draw_seed(x.detach())
     seed = int(seed)
     signed = seed - 2**64 if seed >= 2**63 else seed
     return torch.full((1,), signed, dtype=torch.int64, device=x.device)
