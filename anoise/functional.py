@@ -301,7 +301,7 @@ def _check_alpha(alpha, C: int, stat_dtype: torch.dtype = torch.float32) -> None
         raise ValueError("alpha must not be NaN")
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha:g}")
-    if math.isinf(alpha):
+    if alpha == math.inf:  # comparisons, not math.isinf: dynamo may hold a symbolic float
         raise ValueError(f"alpha must be finite, got {alpha:g}")
     if alpha > _FINITE_MAX[stat_dtype]:
         name = str(stat_dtype).removeprefix("torch.")
@@ -357,7 +357,7 @@ def _check_eps(eps, stat_dtype: torch.dtype = torch.float32) -> float:
     if not value > 0:
         raise ValueError(f"eps must be > 0 (it keeps sigma finite), got {eps}")
     name = str(stat_dtype).removeprefix("torch.")
-    if math.isinf(value):
+    if value == math.inf:  # comparisons, not math.isinf: dynamo may hold a symbolic float
         raise ValueError(f"eps must be finite, got {eps}")
     if value > _FINITE_MAX[stat_dtype]:
         raise ValueError(

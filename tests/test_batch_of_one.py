@@ -14,6 +14,14 @@ import anoise
 CASES = [(d, b) for d in DEVICES for b in usable_backends(d)]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    """Each test compiles from scratch (dynamo's per-function recompile limit is shared)."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 def _layer(backend, device, momentum):
     torch.manual_seed(0)
     return anoise.AdaptiveNoiseLinear(3, 4, alpha=0.5, momentum=momentum,
