@@ -16,6 +16,9 @@ from . import reference as _ref
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SEED_MAX = 2**64 - 1
+# The statistics dtypes' ranges: eps must be a normal number there, alpha finite.
+_NORMAL_MIN = {t: torch.finfo(t).tiny for t in (torch.float32, torch.float64)}
+_FINITE_MAX = {t: torch.finfo(t).max for t in (torch.float32, torch.float64)}
 
 
 def adaptive_noise(
@@ -75,7 +78,7 @@ def adaptive_noise(
     """
     x3 = _channels_view(x, channels_dim)
     _check_input(x3)
-    _check_alpha(alpha, x3.shape[1])
+    _check_alpha(alpha, x3.shape[1], _ref.stat_dtype(x3.dtype))
     if isinstance(alpha, Tensor):
         _check_alpha_values(alpha, host=alpha.device.type == "cpu")
     return _adaptive_noise(
@@ -116,7 +119,9 @@ def _adaptive_noise(x, alpha, *, running_var, num_batches_tracked, training, mom
     M = x.numel() // C if C else 0
     if x.numel() == 0:
         return x.clone()
-    if use_batch_stats and M == 1:
+    if use_batch_stats and not torch.compiler.is_compiling() and M == 1:
+        # Eager only: a traced graph (compile, export) holds no warning, and a symbolic M
+        # must not be compared here (that would specialise the program to one batch size).
         warnings.warn(
             "adaptive_noise: one value per channel in batch mode: the variance is 0, so "
             "sigma = sqrt(eps), and the batch is not counted in the running variance",
@@ -194,7 +199,12 @@ def _seed_tensor(seed: int | None, x: Tensor) -> Tensor:
     captured in a CUDA graph (where host-to-device copies are not allowed).
     """
     if seed is None:
-        return _ops.draw_seed(x)
+        # From a detached x: the seed is no function of x, and drawing it from x itself would
+        # give it an autograd node (an autograd.Function without setup_context or jvp, which
+        # torch.func transforms and forward-mode AD refuse, and ~0.1 ms a call in backward).
+        return _ops.draw_seed(x.detach())
+    if torch.compiler.is_compiling():  # the seed may be a dynamic (symbolic) int there
+        return _ops.seed_from_words(x.detach(), seed // 2**32, seed % 2**32)
     seed = int(seed)
     signed = seed - 2**64 if seed >= 2**63 else seed
     return torch.full((1,), signed, dtype=torch.int64, device=x.device)
@@ -208,6 +218,9 @@ def _update_running(running_var, num_batches_tracked, var, M, momentum):
     buffers as they were.  No ``no_grad``: the values carry no graph, and a traced (exported)
     program must not hold a grad-mode switch.
     """
+    if isinstance(M, torch.SymInt):  # a traced program for every batch size: no branch on M
+        _update_running_symbolic(running_var, num_batches_tracked, var, M, momentum)
+        return
     if M <= 1:
         return
     count = None if num_batches_tracked is None else num_batches_tracked + 1
@@ -217,6 +230,29 @@ def _update_running(running_var, num_batches_tracked, var, M, momentum):
         factor = momentum
     unbiased = var.detach().to(running_var.dtype) * (M / (M - 1))
     new_var = running_var * (1 - factor) + unbiased * factor
+    running_var.copy_(new_var)
+    if count is not None:
+        num_batches_tracked.copy_(count)
+
+
+def _update_running_symbolic(running_var, num_batches_tracked, var, M, momentum):
+    """:func:`_update_running` for an ``M`` known only when the traced program runs.
+
+    An exported program (or a graph compiled for dynamic shapes) serves every batch size, so
+    the batches with ``M <= 1`` (one value per channel, or none) are masked out by tensor ops
+    on ``M``'s runtime value (symbolic arithmetic would be simplified under the tracer's
+    assumption that sizes are >= 2): a ``where`` keeps the old variance, even when the
+    unusable batch's variance is NaN (as an empty batch's is), and the count is not advanced.
+    """
+    m = torch.full((), M, dtype=running_var.dtype, device=running_var.device)
+    used = m > 1
+    count = None if num_batches_tracked is None else num_batches_tracked + used
+    if momentum is None:
+        factor = 1.0 / count.clamp_min(1).to(running_var.dtype)
+    else:
+        factor = momentum
+    unbiased = var.detach().to(running_var.dtype) * (m / (m - 1).clamp_min(1))
+    new_var = torch.where(used, running_var * (1 - factor) + unbiased * factor, running_var)
     running_var.copy_(new_var)
     if count is not None:
         num_batches_tracked.copy_(count)
@@ -243,8 +279,9 @@ def _check_input(x) -> None:
         )
 
 
-def _check_alpha(alpha, C: int) -> None:
-    """``alpha``'s type and shape, and its value when it is a number."""
+def _check_alpha(alpha, C: int, stat_dtype: torch.dtype = torch.float32) -> None:
+    """``alpha``'s type and shape, and its value when it is a number: >= 0 and finite in
+    ``stat_dtype``, the dtype the noise is scaled in (float32; float64 for float64 input)."""
     if isinstance(alpha, bool) or not isinstance(alpha, (numbers.Real, Tensor)):
         raise TypeError(f"alpha must be a float or a tensor, got {type(alpha).__name__}")
     if isinstance(alpha, Tensor):
@@ -256,11 +293,22 @@ def _check_alpha(alpha, C: int) -> None:
                 f"{tuple(alpha.shape)}"
             )
         return
-    alpha = float(alpha)
-    if not math.isfinite(alpha):
-        raise ValueError(f"alpha must not be NaN or inf, got {alpha}")
+    try:
+        alpha = float(alpha)
+    except OverflowError:  # an int beyond float64
+        alpha = math.inf
+    if math.isnan(alpha):
+        raise ValueError("alpha must not be NaN")
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha:g}")
+    if alpha == math.inf:  # comparisons, not math.isinf: dynamo may hold a symbolic float
+        raise ValueError(f"alpha must be finite, got {alpha:g}")
+    if alpha > _FINITE_MAX[stat_dtype]:
+        name = str(stat_dtype).removeprefix("torch.")
+        raise ValueError(
+            f"alpha must be at most {_FINITE_MAX[stat_dtype]:g} (the largest {name}: the "
+            f"noise is scaled in {name}), got {alpha:g}"
+        )
 
 
 def _check_alpha_values(alpha: Tensor, host: bool) -> None:
@@ -268,13 +316,15 @@ def _check_alpha_values(alpha: Tensor, host: bool) -> None:
     sync; also what a traced graph does)."""
     a = alpha.detach()
     if host and not torch.compiler.is_compiling():
-        if not torch.isfinite(a).all():
-            raise ValueError("alpha must not be NaN or inf")
+        if torch.isnan(a).any():
+            raise ValueError("alpha must not be NaN")
         if (a < 0).any():
             raise ValueError(f"alpha must be >= 0, got min {a.min().item():g}")
+        if torch.isinf(a).any():
+            raise ValueError("alpha must be finite, got inf")
     else:
         torch._assert_async(((a >= 0) & (a < math.inf)).all(),
-                            "anoise: alpha must be >= 0 and finite")
+                            "anoise: alpha must be >= 0 and finite (not NaN, not inf)")
 
 
 def _check_flag(value, name: str) -> bool:
@@ -293,12 +343,34 @@ def _check_momentum(momentum) -> float | None:
     return float(momentum)
 
 
-def _check_eps(eps) -> float:
+def _check_eps(eps, stat_dtype: torch.dtype = torch.float32) -> float:
+    """``eps`` as a float: positive, and a finite normal number in ``stat_dtype``, the dtype of
+    the statistics it is added to (float32; float64 for float64 input).  One that rounds to 0
+    or to a subnormal there (flushed to 0 on some hardware) would make ``sigma`` 0 on a
+    constant channel, and its gradients NaN."""
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    if not 0 < eps < math.inf:
-        raise ValueError(f"eps must be > 0 and finite (it keeps sigma finite), got {eps}")
-    return float(eps)
+    try:
+        value = float(eps)
+    except OverflowError:  # an int beyond float64
+        value = math.inf
+    if not value > 0:
+        raise ValueError(f"eps must be > 0 (it keeps sigma finite), got {eps}")
+    name = str(stat_dtype).removeprefix("torch.")
+    if value == math.inf:  # comparisons, not math.isinf: dynamo may hold a symbolic float
+        raise ValueError(f"eps must be finite, got {eps}")
+    if value > _FINITE_MAX[stat_dtype]:
+        raise ValueError(
+            f"eps must be at most {_FINITE_MAX[stat_dtype]:g} (the largest {name}: the "
+            f"statistics are {name}), got {eps}"
+        )
+    if value < _NORMAL_MIN[stat_dtype]:
+        raise ValueError(
+            f"eps must be at least {_NORMAL_MIN[stat_dtype]:g} (the smallest normal {name}: "
+            f"the statistics are {name}, where a smaller eps rounds to 0 or a subnormal), "
+            f"got {eps}"
+        )
+    return value
 
 
 def _check_options(x, running_var, num_batches_tracked, training, momentum, eps, stats_grad,
@@ -323,18 +395,31 @@ def _check_options(x, running_var, num_batches_tracked, training, momentum, eps,
         if not running_var.is_floating_point():
             raise TypeError(f"running_var must be a floating tensor, got {running_var.dtype}")
         if updates:
+            if running_var.requires_grad:
+                raise ValueError(
+                    "running_var requires grad, so it cannot be updated in place in training; "
+                    "pass a tensor that does not (a buffer, or running_var.detach())"
+                )
             _check_updatable(running_var, "running_var")
     if num_batches_tracked is not None:
         _check_num_batches_tracked(num_batches_tracked, x.device, updates)
     if momentum is None and running_var is not None and num_batches_tracked is None:
         raise ValueError("momentum=None (cumulative average) needs num_batches_tracked")
     _check_momentum(momentum)
-    _check_eps(eps)
+    _check_eps(eps, _ref.stat_dtype(x.dtype))
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-            raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-        if not 0 <= int(seed) <= _SEED_MAX:
-            raise ValueError(f"seed must be in [0, 2**64), got {seed}")
+        _check_seed(seed)
+
+
+def _check_seed(seed) -> None:
+    if isinstance(seed, torch.SymInt):  # a traced dynamic int: checked when the program runs
+        torch._check(seed >= 0, lambda: "seed must be in [0, 2**64)")
+        torch._check(seed <= _SEED_MAX, lambda: "seed must be in [0, 2**64)")
+        return
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if not 0 <= int(seed) <= _SEED_MAX:
+        raise ValueError(f"seed must be in [0, 2**64), got {seed}")
 
 
 def _check_updatable(buffer: Tensor, name: str) -> None:

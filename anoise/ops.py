@@ -62,6 +62,25 @@ def _(like):
     return like.new_empty((1,), dtype=torch.int64)
 
 
+@torch.library.custom_op("anoise::seed_from_words", mutates_args=())
+def seed_from_words(like: Tensor, high: int, low: int) -> Tensor:
+    """The seed ``high * 2**32 + low`` (two 32-bit words) as a (1,) int64 tensor holding its 64
+    bits (two's complement) on ``like``'s device, written by a fill kernel.
+
+    For a seed that a compiled graph holds as a symbolic int: its words always fit in the int64
+    arguments of an op, and an opaque op keeps the seed out of generated kernels, which take
+    symbolic ints as int64 (a seed >= 2**63 would overflow there).
+    """
+    seed = (high << 32) | low
+    return torch.full((1,), seed - 2**64 if seed >= 2**63 else seed, dtype=torch.int64,
+                      device=like.device)
+
+
+@seed_from_words.register_fake
+def _(like, high, low):
+    return like.new_empty((1,), dtype=torch.int64)
+
+
 # -- forward with batch statistics ------------------------------------------------------------
 
 
