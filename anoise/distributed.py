@@ -1,12 +1,13 @@
 """Statistics synchronised over the ranks of a ``torch.distributed`` process group.
 
-Like ``nn.SyncBatchNorm``: the per-channel count, mean and sum of squared deviations of every
-rank are gathered and merged (Chan et al.'s pairwise update, in rank order, in float32 or
-float64), so every rank injects noise with the statistics of the global batch.  The ranks share
-rank 0's seed and each uses the global logical index of its elements (its slice of the batch
-starts at ``(N_0 + ... + N_{r-1}) * C * S``), so the ranks' outputs concatenated along the batch
-equal one process's output on the concatenated batch.  Backward all-reduces ``G_c`` for the
-statistics term of ``dx``; ``d alpha`` stays local (DDP averages parameter gradients).
+Like ``nn.SyncBatchNorm``: the per-channel count, mean and variance of every rank (computed
+as :func:`anoise.reference.batch_stats` does) are gathered and merged (Chan et al.'s pairwise
+update, in rank order, in float64), so every rank injects noise with the statistics of the global
+batch.  The ranks share rank 0's seed and each uses the global logical index of its elements
+(its slice of the batch starts at ``(N_0 + ... + N_{r-1}) * C * S``), so the ranks' outputs
+concatenated along the batch equal one process's output on the concatenated batch.  Backward
+all-reduces ``G_c`` for the statistics term of ``dx``; ``d alpha`` stays local (DDP averages
+parameter gradients).
 
 The statistics and ``dx`` are computed with PyTorch ops; the noise (injection and ``G_c``) comes
 from the chosen backend's launchers with the rank's index offset, or from the reference stream
@@ -24,7 +25,7 @@ from torch import Tensor
 from . import backends as _backends
 from .ops import _shaped, _view3d
 from .philox import noise_like
-from .reference import stat_dtype
+from .reference import batch_stats, stat_dtype
 
 
 def is_active(process_group) -> bool:
@@ -86,19 +87,20 @@ class SyncAdaptiveNoise(torch.autograd.Function):
     def forward(ctx, x, alpha, seed, eps, stats_grad, group, backend):
         sdtype = stat_dtype(x.dtype)
         N, C, S = x.shape[0], x.shape[1], math.prod(x.shape[2:])
-        xs = x.to(sdtype)
         if x.numel():
-            mean_l = xs.mean(_dims(x))
-            m2_l = ((xs - _per_channel(mean_l, x.dim())) ** 2).sum(_dims(x))
+            mean_l, var_l = batch_stats(x)
         else:
-            mean_l = m2_l = xs.new_zeros(C)
+            mean_l = var_l = x.new_zeros(C, dtype=sdtype)
         meta = _gather(torch.tensor([N, seed], dtype=torch.int64, device=x.device), group)
         batch_sizes = [int(m[0]) for m in meta]
         seed_t = meta[0][1:].clone()  # rank 0's seed for every rank, as a (1,) int64 tensor
-        stats = _gather(torch.stack([mean_l, m2_l]), group)
-        M, mean, m2 = _merge([b * S for b in batch_sizes], [s[0] for s in stats],
-                             [s[1] for s in stats])
-        var = m2 / max(M, 1)
+        # Merged in float64: a rank's sum of squared deviations (var * count) overflows float32
+        # for data whose variance float32 still holds (magnitude 1e19).
+        stats = _gather(torch.stack([mean_l, var_l]).double(), group)
+        counts = [b * S for b in batch_sizes]
+        M, mean, m2 = _merge(counts, [s[0] for s in stats],
+                             [s[1] * n for s, n in zip(stats, counts, strict=True)])
+        mean, var = mean.to(sdtype), (m2 / max(M, 1)).to(sdtype)
         sigma = torch.sqrt(var + eps)
         offset = sum(batch_sizes[: dist.get_rank(group)]) * C * S
         y = _inject(x, alpha.to(sdtype) * sigma, seed_t, offset, backend)

@@ -91,6 +91,44 @@ def test_two_process_ddp_step_equals_single_process(backend):
             torch.testing.assert_close(rv, layer.running_var)
 
 
+def _huge_data():
+    """Float32 values of magnitude 1e19: their variance fits float32, their sum of squares not."""
+    g = torch.Generator().manual_seed(2)
+    sign = torch.randint(0, 2, (sum(BATCH), 3, 4), generator=g) * 2 - 1
+    return sign * (0.5 + 0.5 * torch.rand(sum(BATCH), 3, 4, generator=g)) * 1e19
+
+
+def _huge_worker(rank, init_file, result_file):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=WORLD)
+    try:
+        lo = sum(BATCH[:rank])
+        running_var = torch.ones(3)
+        y = AF.adaptive_noise(_huge_data()[lo : lo + BATCH[rank]], 0.5, seed=7, sync_stats=True,
+                              running_var=running_var, backend="reference")
+        torch.save({"y": y, "running_var": running_var}, f"{result_file}.{rank}")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not built")
+def test_two_process_statistics_of_huge_values_are_finite():
+    with tempfile.TemporaryDirectory() as tmp:
+        result = os.path.join(tmp, "result")
+        mp.spawn(_huge_worker, args=(os.path.join(tmp, "init"), result), nprocs=WORLD)
+        ranks = [torch.load(f"{result}.{r}") for r in range(WORLD)]
+    x = _huge_data()
+    running_var = torch.ones(3)
+    y = AF.adaptive_noise(x, 0.5, seed=7, running_var=running_var, backend="reference")
+    unbiased = torch.var(x.double(), dim=(0, 2))
+    assert torch.isfinite(y).all() and torch.isfinite(running_var).all()
+    torch.testing.assert_close(running_var.double(), 0.9 + 0.1 * unbiased, rtol=1e-5, atol=0)
+    torch.testing.assert_close(torch.cat([r["y"] for r in ranks]), y, rtol=1e-5, atol=0)
+    for r in ranks:
+        torch.testing.assert_close(r["running_var"], running_var, rtol=1e-5, atol=0)
+
+
 def test_sync_without_process_group_is_local():
     x = torch.randn(4, 3, 5)
     torch.testing.assert_close(AF.adaptive_noise(x, 0.3, seed=1, sync_stats=True),
