@@ -45,7 +45,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._noise import component, interleave4, normals4, philox_words, polar4, seed_key, uniform
+from ._noise import (
+    component,
+    interleave4,
+    philox_words,
+    polar4,
+    seed_key,
+    uniform,
+)
 
 
 @triton.jit
@@ -565,25 +572,33 @@ def dx_kernel(dy_ptr, x_ptr, dx_ptr, coef_ptr, mean_ptr, N, C, S, sdn, sdc, sds,
 
 
 @triton.jit
-def philox_kernel(group_ptr, seed_ptr, words_ptr, rand_ptr, randn_ptr, n, BLOCK: tl.constexpr):
-    """Per group index (int64): the four Philox words, uniforms and normals, as the fused
-    kernels compute them (``tl.randint4x`` / ``tl.rand4x`` / ``tl.randn4x``)."""
+def philox_kernel(group_ptr, seed_ptr, words_ptr, rand_ptr, randn_ptr, n, BLOCK: tl.constexpr,
+                  NORMALS: tl.constexpr):
+    """Per group index (int64): the four Philox words and uniforms (``tl.randint4x`` /
+    ``tl.rand4x``), or with ``NORMALS`` the four normals (``tl.randn4x``), as the fused kernels
+    compute them.
+
+    Two launches rather than one: a kernel that stores both the uniforms and the normals made
+    of the same words fails to compile with triton 3.6 (its TritonGPURemoveLayoutConversions
+    pass: "operand does not dominate this use")."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
     g = tl.load(group_ptr + i, mask=m, other=0)
     k0, k1 = seed_key(seed_ptr)
-    w0, w1, w2, w3 = philox_words(k0, k1, g, True)
-    n0, n1, n2, n3 = normals4(k0, k1, g, True)
     out = 4 * i
-    tl.store(words_ptr + out, w0.to(tl.int32, bitcast=True), mask=m)
-    tl.store(words_ptr + out + 1, w1.to(tl.int32, bitcast=True), mask=m)
-    tl.store(words_ptr + out + 2, w2.to(tl.int32, bitcast=True), mask=m)
-    tl.store(words_ptr + out + 3, w3.to(tl.int32, bitcast=True), mask=m)
-    tl.store(rand_ptr + out, uniform(w0), mask=m)
-    tl.store(rand_ptr + out + 1, uniform(w1), mask=m)
-    tl.store(rand_ptr + out + 2, uniform(w2), mask=m)
-    tl.store(rand_ptr + out + 3, uniform(w3), mask=m)
-    tl.store(randn_ptr + out, n0, mask=m)
-    tl.store(randn_ptr + out + 1, n1, mask=m)
-    tl.store(randn_ptr + out + 2, n2, mask=m)
-    tl.store(randn_ptr + out + 3, n3, mask=m)
+    if NORMALS:
+        ra, ca, sa, rb, cb, sb = polar4(k0, k1, g, True)
+        tl.store(randn_ptr + out, ra * ca, mask=m)
+        tl.store(randn_ptr + out + 1, ra * sa, mask=m)
+        tl.store(randn_ptr + out + 2, rb * cb, mask=m)
+        tl.store(randn_ptr + out + 3, rb * sb, mask=m)
+    else:
+        w0, w1, w2, w3 = philox_words(k0, k1, g, True)
+        tl.store(words_ptr + out, w0.to(tl.int32, bitcast=True), mask=m)
+        tl.store(words_ptr + out + 1, w1.to(tl.int32, bitcast=True), mask=m)
+        tl.store(words_ptr + out + 2, w2.to(tl.int32, bitcast=True), mask=m)
+        tl.store(words_ptr + out + 3, w3.to(tl.int32, bitcast=True), mask=m)
+        tl.store(rand_ptr + out, uniform(w0), mask=m)
+        tl.store(rand_ptr + out + 1, uniform(w1), mask=m)
+        tl.store(rand_ptr + out + 2, uniform(w2), mask=m)
+        tl.store(rand_ptr + out + 3, uniform(w3), mask=m)
