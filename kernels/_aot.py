@@ -70,7 +70,9 @@ class Compiled:
                 code.append((int(m.group(1), 16), m.group(2)))
         spans = []
         for addr, text in code:
-            m = re.search(r"\bBRA(?:\.\w+)*\s+0x([0-9a-f]+)", text)
+            # A loop's back edge is conditional; an unconditional jump back only reorders code
+            # (as around the rescaled reduction of stats_kernel with triton 3.9).
+            m = re.search(r"^@!?U?P\w+\s+BRA(?:\.\w+)*\s+0x([0-9a-f]+)", text)
             if m and int(m.group(1), 16) < addr:
                 spans.append((int(m.group(1), 16), addr))
         inner = [a for a in spans if not any(a[0] <= b[0] and b[1] <= a[1] and a != b
