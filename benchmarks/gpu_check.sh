@@ -295,7 +295,7 @@ if [ "$DEVICE" = cuda ]; then
     step "tests on CUDA tensors: triton" 120 cuda_tests "cuda and triton and not emulated" triton
 else
     # The dry run exercises the step on a few CPU tests (GPU_CHECK_DRY_TESTS, a -k filter).
-    DRY_TESTS=${GPU_CHECK_DRY_TESTS:-matches_triton_vectors or seed_bits_above_63}
+    DRY_TESTS=${GPU_CHECK_DRY_TESTS:-test_triton_stream and (triton_vectors or seed_bits_above_63)}
     step "tests (dry run, CPU): $DRY_TESTS" 120 cuda_tests "$DRY_TESTS" dry
 fi
 if [ -n "$BUILD_PID" ]; then
