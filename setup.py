@@ -257,11 +257,8 @@ ext_modules, cmdclass = _extensions()
 # is about shadowing by same-named folders, which this layout does not have.
 warnings.filterwarnings("ignore", message="Editable installation")
 
+# The project's metadata and supported versions are in pyproject.toml.
 setup(
-    name="anoise",
-    version="0.1.0",
-    description="Adaptive noise injection for stochastic student networks, with fused kernels",
-    python_requires=">=3.10",
     # csrc/ ships inside the package so that an install without prebuilt extensions can still
     # build them just in time.
     packages=["anoise", "anoise.demo", "anoise.kernels", "anoise.csrc"],
@@ -276,16 +273,6 @@ setup(
             "cuda/*.cu",
             "cuda/*.cpp",
         ]
-    },
-    install_requires=["torch>=2.5", "numpy"],
-    extras_require={
-        # The whole test suite: the demo's packages, the Triton interpreter and the checks
-        # (ruff, benchmark smoke run).  torchattacks, which the attack tests cross-check
-        # against, pins an old requests and a torchvision: install it with --no-deps.
-        "test": ["pytest", "scipy", "hypothesis", "pytest-benchmark", "ruff", "mlxtend",
-                 "scikit-learn", "matplotlib", "tqdm", "triton>=3.4; platform_system == 'Linux'"],
-        "demo": ["mlxtend", "scikit-learn", "matplotlib", "tqdm"],
-        "triton": ["triton>=3.4"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

@@ -5,7 +5,9 @@ the hot loop of each kernel in HOT (the instantiation that runs for dense inputs
 hold whole Philox groups), counts the instructions one loop iteration issues:
 
 * the loop is the backward branch enclosing the most instructions (the grid- or
-  chunk-stride loop; every hot loop is marked ``#pragma unroll 1``, so it is one loop);
+  chunk-stride loop; every hot loop is marked ``#pragma unroll 1``, so it is one loop); for
+  the statistics, the first loop: the second is the same reduction on rescaled values, run
+  only when a chunk's M2 overflows float;
 * inside it, the longest path from the loop head to that branch over the forward control
   flow (the noise path, not the copy path taken where scale == 0), NOPs excluded;
 * divided by the elements one iteration handles (4: one Philox group, or one 4-vector).
@@ -100,19 +102,22 @@ def _longest_path(insns: list[tuple[int, str]], head: int, back: int) -> int | N
     return longest[0]
 
 
-def hot_loop_count(insns: list[tuple[int, str]]) -> tuple[int, int, int]:
+def hot_loop_count(insns: list[tuple[int, str]], first: bool = False) -> tuple[int, int, int]:
     """(instructions one iteration of the hot loop issues, loop head, back-edge address): the
-    loop whose longest iteration is longest (backward jumps that close no loop are skipped)."""
-    best = None
+    loop whose longest iteration is longest, or with ``first`` the first loop in address order
+    (backward jumps that close no loop are skipped)."""
+    loops = []
     for addr, ins in insns:
         tgt = _branch_target(ins)
         if tgt is not None and tgt < addr:
             count = _longest_path(insns, tgt, addr)
-            if count is not None and (best is None or count > best[0]):
-                best = (count, tgt, addr)
-    if best is None:
+            if count is not None:
+                loops.append((count, tgt, addr))
+    if not loops:
         raise ValueError("no loop found")
-    return best
+    if first:
+        return min(loops, key=lambda loop: loop[1])
+    return max(loops, key=lambda loop: loop[0])
 
 
 def report(text: str, markdown: bool = False) -> list[str]:
@@ -124,7 +129,7 @@ def report(text: str, markdown: bool = False) -> list[str]:
             rows.append((pass_, layout, dtype, None, None, None, None, f"{len(names)} matches"))
             continue
         try:
-            count, _, _ = hot_loop_count(funcs[names[0]])
+            count, _, _ = hot_loop_count(funcs[names[0]], first=pass_ == "statistics")
         except ValueError as exc:
             rows.append((pass_, layout, dtype, None, None, None, None, str(exc)))
             continue

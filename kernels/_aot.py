@@ -70,7 +70,9 @@ class Compiled:
                 code.append((int(m.group(1), 16), m.group(2)))
         spans = []
         for addr, text in code:
-            m = re.search(r"\bBRA(?:\.\w+)*\s+0x([0-9a-f]+)", text)
+            # A loop's back edge is conditional; an unconditional jump back only reorders code
+            # (as around the rescaled reduction of stats_kernel with triton 3.9).
+            m = re.search(r"^@!?U?P\w+\s+BRA(?:\.\w+)*\s+0x([0-9a-f]+)", text)
             if m and int(m.group(1), 16) < addr:
                 spans.append((int(m.group(1), 16), addr))
         inner = [a for a in spans if not any(a[0] <= b[0] and b[1] <= a[1] and a != b
@@ -84,8 +86,11 @@ class Compiled:
     def hot_loops(self) -> list[tuple[str, list[str]]]:
         """``(name, instructions of one iteration)`` of this kernel's hot loops."""
         k = self.constexprs or {}
+        # float32 statistics carry a second reduction loop, run only for channels whose M2
+        # overflows (kernels/_kernels.py): not a hot loop, left out of the proxy.
+        stats = ["statistics"] + (["rescaled statistics"] if k.get("ACC") == "fp32" else [])
         names = {
-            "stats_kernel": ["statistics", "inject"] if k.get("FUSED") else ["statistics"],
+            "stats_kernel": stats + ["inject"] if k.get("FUSED") else stats,
             "inject_kernel": ["inject"],
             "noise_dot_kernel": ["g", "dx"] if k.get("MODE") == 2 else ["g"],
             "dx_kernel": ["dx"],
@@ -96,7 +101,8 @@ class Compiled:
         if len(loops) != len(names):
             raise RuntimeError(f"{self.kernel}: expected loops {names}, found {len(loops)} in the "
                                "SASS")
-        return list(zip(names, loops, strict=True))
+        return [(name, body) for name, body in zip(names, loops, strict=True)
+                if name != "rescaled statistics"]
 
     def vector_ops(self) -> dict[str, int]:
         """Counts of global load/store instructions by vector width (1, 2, 4)."""
@@ -141,6 +147,8 @@ class _Interceptor:
             regs, local = _resource_usage(k.asm["cubin"])
             consts = {name: kwargs[name] for name in ("BN", "BC", "BS", "FUSED", "MODE")
                       if name in kwargs}
+            if "ACC" in kwargs:
+                consts["ACC"] = str(kwargs["ACC"])
             self.out.append(Compiled(self.name, k.asm["ptx"], regs, local,
                                      _cuobjdump(k.asm["cubin"], "-sass"), consts,
                                      options.num_warps))

@@ -45,7 +45,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._noise import component, interleave4, normals4, philox_words, polar4, seed_key, uniform
+from ._noise import (
+    component,
+    interleave4,
+    philox_words,
+    polar4,
+    seed_key,
+    uniform,
+)
 
 
 @triton.jit
@@ -269,6 +276,41 @@ def _inject_loop(x_ptr, y_ptr, k0, k1, scale, t0, t1, step, cb, N, C, S, sxn, sx
 
 
 @triton.jit
+def _stats_tiles(x_ptr, t0, t1, cb, N, C, S, sxn, sxc, sxs, TSU, SCALE: tl.constexpr,
+                 BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr, UNIT_X: tl.constexpr,
+                 INT64: tl.constexpr, ACC: tl.constexpr, FUSED: tl.constexpr,
+                 GD: tl.constexpr):
+    """Per-channel ``(count, mean, M2)`` of ``x * SCALE`` over tiles ``t0 .. t1 - 1``."""
+    c = _channels(cb, BC, INT64)
+    cmask = c < C
+    ox = _local(c, sxn, sxc, sxs, BN, BS, UNIT_X)
+    cnt = tl.zeros([BC], ACC)
+    mean = tl.zeros([BC], ACC)
+    m2 = tl.zeros([BC], ACC)
+    tn, ts = _split(t0, TSU)
+    for _ in range(t0, t1):
+        mask = _mask(cmask, tn, ts, N, S, BN, BS)
+        px = x_ptr + _corner(tn, ts, sxn, sxs, BN, BS, UNIT_X, INT64) + ox
+        if FUSED and _narrow(x_ptr, UNIT_X, GD):  # the inject loop's register layout
+            px = tl.max_contiguous(px, [1, 1, 4] if GD == 2 else [1, 4, 1])
+        x = tl.load(px, mask=mask, other=0.0).to(ACC)
+        if SCALE != 1.0:
+            x = x * SCALE
+        tcnt = (tl.minimum(N - tn * BN, BN) * tl.minimum(S - ts * BS, BS)).to(ACC)
+        tmean = _sum_nc(x) / tcnt
+        d = tl.where(mask, x - tmean[None, :, None], 0.0)
+        tm2 = _sum_nc(d * d)
+        total = cnt + tcnt
+        w = tcnt / total
+        delta = tmean - mean
+        mean = mean + delta * w
+        m2 = m2 + tm2 + delta * delta * cnt * w
+        cnt = total
+        tn, ts = _advance(tn, ts, 0, 1, TSU)
+    return cnt, mean, m2
+
+
+@triton.jit
 def stats_kernel(x_ptr, y_ptr, alpha_ptr, seed_ptr, mean_ptr, var_ptr, part_ptr,
                  N, C, S, sxn, sxc, sxs, syn, syc, sys, eps, eps_lo, base, TSU, R, TPP, K,
                  TS, RN, BN: tl.constexpr, BC: tl.constexpr, BS: tl.constexpr,
@@ -292,33 +334,25 @@ def stats_kernel(x_ptr, y_ptr, alpha_ptr, seed_ptr, mean_ptr, var_ptr, part_ptr,
     k = pid // CB
     t0 = k * TPP
     t1 = tl.minimum(t0 + TPP, R)
-    c = _channels(cb, BC, INT64)
-    cmask = c < C
-    ox = _local(c, sxn, sxc, sxs, BN, BS, UNIT_X)
-    cnt = tl.zeros([BC], ACC)
-    mean = tl.zeros([BC], ACC)
-    m2 = tl.zeros([BC], ACC)
-    tn, ts = _split(t0, TSU)
-    for _ in range(t0, t1):
-        mask = _mask(cmask, tn, ts, N, S, BN, BS)
-        px = x_ptr + _corner(tn, ts, sxn, sxs, BN, BS, UNIT_X, INT64) + ox
-        if FUSED and _narrow(x_ptr, UNIT_X, GD):  # the inject loop's register layout
-            px = tl.max_contiguous(px, [1, 1, 4] if GD == 2 else [1, 4, 1])
-        x = tl.load(px, mask=mask, other=0.0).to(ACC)
-        tcnt = (tl.minimum(N - tn * BN, BN) * tl.minimum(S - ts * BS, BS)).to(ACC)
-        tmean = _sum_nc(x) / tcnt
-        d = tl.where(mask, x - tmean[None, :, None], 0.0)
-        tm2 = _sum_nc(d * d)
-        total = cnt + tcnt
-        w = tcnt / total
-        delta = tmean - mean
-        mean = mean + delta * w
-        m2 = m2 + tm2 + delta * delta * cnt * w
-        cnt = total
-        tn, ts = _advance(tn, ts, 0, 1, TSU)
+    cnt, mean, m2 = _stats_tiles(x_ptr, t0, t1, cb, N, C, S, sxn, sxc, sxs, TSU, 1.0, BN, BC, BS,
+                                 UNIT_X, INT64, ACC, FUSED, GD)
+    rescaled = tl.zeros([BC], tl.int32) != 0
+    if ACC == tl.float32:
+        # M2 (n times the variance) overflows float32 where the variance itself need not, e.g.
+        # |x| ~ 1e19: such channels are reduced again on x * 2**-64, off the hot loop, and
+        # their M2 kept scaled by 2**-128 (as the rounding is, since the scale is a power of
+        # two).  A channel with Inf or NaN gets NaN here, not +inf, and is left alone.
+        overflow = m2 == float("inf")
+        if tl.max(overflow.to(tl.int32), axis=0) > 0:
+            _, _, m2_scaled = _stats_tiles(x_ptr, t0, t1, cb, N, C, S, sxn, sxc, sxs, TSU,
+                                           5.421010862427522e-20, BN, BC, BS, UNIT_X, INT64,
+                                           ACC, FUSED, GD)
+            m2 = tl.where(overflow, m2_scaled, m2)
+            rescaled = overflow
     cv = cb * BC + tl.arange(0, BC)
     if FUSED:
         var = m2 / cnt
+        var = tl.where(rescaled, var * 18446744073709551616.0 * 18446744073709551616.0, var)
         tl.store(mean_ptr + cv, mean, mask=cv < C)
         tl.store(var_ptr + cv, var, mask=cv < C)
         alpha = tl.load(alpha_ptr + cv, mask=cv < C, other=0.0).to(ACC)
@@ -331,7 +365,8 @@ def stats_kernel(x_ptr, y_ptr, alpha_ptr, seed_ptr, mean_ptr, var_ptr, part_ptr,
         if INT64:
             off = k.to(tl.int64) * C + cv
         plane = K * C
-        tl.store(part_ptr + off, cnt, mask=cv < C)
+        # A rescaled M2 is marked by a negative count (see combine_stats_kernel).
+        tl.store(part_ptr + off, tl.where(rescaled, -cnt, cnt), mask=cv < C)
         tl.store(part_ptr + plane + off, mean, mask=cv < C)
         tl.store(part_ptr + 2 * plane + off, m2, mask=cv < C)
 
@@ -342,7 +377,9 @@ def combine_stats_kernel(part_ptr, alpha_ptr, mean_ptr, var_ptr, scale_ptr, C, K
     """Merge the ``K`` partial triples of each channel, in chunk order.
 
     mean = sum_k n_k mean_k / n;  M2 = sum_k (M2_k + n_k (mean_k - mean)^2): every term is a
-    non-negative deviation, so the merge is as stable as the partials themselves.
+    non-negative deviation, so the merge is as stable as the partials themselves.  Where that
+    sum overflows, or a partial's M2 came rescaled (stored with a negative count, see
+    stats_kernel), the sum is taken again on values scaled by 2**-64.
     """
     cb = tl.program_id(0)
     c = cb * BC + tl.arange(0, BC)[None, :]
@@ -353,13 +390,14 @@ def combine_stats_kernel(part_ptr, alpha_ptr, mean_ptr, var_ptr, scale_ptr, C, K
     for k0 in range(0, K, BK):
         m = (k0 + kk < K) & (c < C)
         off = (k0 + kk) * C + c
-        n = tl.load(part_ptr + off, mask=m, other=0.0)
+        n = tl.abs(tl.load(part_ptr + off, mask=m, other=0.0))
         mu = tl.load(part_ptr + plane + off, mask=m, other=0.0)
         total += tl.sum(n, axis=0)
         weighted += tl.sum(n * mu, axis=0)
     total = tl.maximum(total, 1.0)  # only the padding channels beyond C have no elements
     mean = weighted / total
     m2 = tl.zeros([BC], ACC)
+    m2_scaled = tl.zeros([BC], ACC)  # M2 * 2**-128
     for k0 in range(0, K, BK):
         m = (k0 + kk < K) & (c < C)
         off = (k0 + kk) * C + c
@@ -367,8 +405,17 @@ def combine_stats_kernel(part_ptr, alpha_ptr, mean_ptr, var_ptr, scale_ptr, C, K
         mu = tl.load(part_ptr + plane + off, mask=m, other=0.0)
         q = tl.load(part_ptr + 2 * plane + off, mask=m, other=0.0)
         d = mu - mean[None, :]
-        m2 += tl.sum(tl.where(m, q + n * d * d, 0.0), axis=0)
+        rescaled = n < 0
+        n = tl.abs(n)
+        m2 += tl.sum(tl.where(m, tl.where(rescaled, float("inf"), q) + n * d * d, 0.0), axis=0)
+        if ACC == tl.float32:
+            ds = d * 5.421010862427522e-20
+            qs = tl.where(rescaled, q, q * 5.421010862427522e-20 * 5.421010862427522e-20)
+            m2_scaled += tl.sum(tl.where(m, qs + n * ds * ds, 0.0), axis=0)
     var = m2 / total
+    if ACC == tl.float32:
+        var = tl.where(m2 == float("inf"),
+                       m2_scaled / total * 18446744073709551616.0 * 18446744073709551616.0, var)
     cv = cb * BC + tl.arange(0, BC)
     cmask = cv < C
     alpha = tl.load(alpha_ptr + cv, mask=cmask, other=0.0).to(ACC)
@@ -565,25 +612,33 @@ def dx_kernel(dy_ptr, x_ptr, dx_ptr, coef_ptr, mean_ptr, N, C, S, sdn, sdc, sds,
 
 
 @triton.jit
-def philox_kernel(group_ptr, seed_ptr, words_ptr, rand_ptr, randn_ptr, n, BLOCK: tl.constexpr):
-    """Per group index (int64): the four Philox words, uniforms and normals, as the fused
-    kernels compute them (``tl.randint4x`` / ``tl.rand4x`` / ``tl.randn4x``)."""
+def philox_kernel(group_ptr, seed_ptr, words_ptr, rand_ptr, randn_ptr, n, BLOCK: tl.constexpr,
+                  NORMALS: tl.constexpr):
+    """Per group index (int64): the four Philox words and uniforms (``tl.randint4x`` /
+    ``tl.rand4x``), or with ``NORMALS`` the four normals (``tl.randn4x``), as the fused kernels
+    compute them.
+
+    Two launches rather than one: a kernel that stores both the uniforms and the normals made
+    of the same words fails to compile with triton 3.6 (its TritonGPURemoveLayoutConversions
+    pass: "operand does not dominate this use")."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = i < n
     g = tl.load(group_ptr + i, mask=m, other=0)
     k0, k1 = seed_key(seed_ptr)
-    w0, w1, w2, w3 = philox_words(k0, k1, g, True)
-    n0, n1, n2, n3 = normals4(k0, k1, g, True)
     out = 4 * i
-    tl.store(words_ptr + out, w0.to(tl.int32, bitcast=True), mask=m)
-    tl.store(words_ptr + out + 1, w1.to(tl.int32, bitcast=True), mask=m)
-    tl.store(words_ptr + out + 2, w2.to(tl.int32, bitcast=True), mask=m)
-    tl.store(words_ptr + out + 3, w3.to(tl.int32, bitcast=True), mask=m)
-    tl.store(rand_ptr + out, uniform(w0), mask=m)
-    tl.store(rand_ptr + out + 1, uniform(w1), mask=m)
-    tl.store(rand_ptr + out + 2, uniform(w2), mask=m)
-    tl.store(rand_ptr + out + 3, uniform(w3), mask=m)
-    tl.store(randn_ptr + out, n0, mask=m)
-    tl.store(randn_ptr + out + 1, n1, mask=m)
-    tl.store(randn_ptr + out + 2, n2, mask=m)
-    tl.store(randn_ptr + out + 3, n3, mask=m)
+    if NORMALS:
+        ra, ca, sa, rb, cb, sb = polar4(k0, k1, g, True)
+        tl.store(randn_ptr + out, ra * ca, mask=m)
+        tl.store(randn_ptr + out + 1, ra * sa, mask=m)
+        tl.store(randn_ptr + out + 2, rb * cb, mask=m)
+        tl.store(randn_ptr + out + 3, rb * sb, mask=m)
+    else:
+        w0, w1, w2, w3 = philox_words(k0, k1, g, True)
+        tl.store(words_ptr + out, w0.to(tl.int32, bitcast=True), mask=m)
+        tl.store(words_ptr + out + 1, w1.to(tl.int32, bitcast=True), mask=m)
+        tl.store(words_ptr + out + 2, w2.to(tl.int32, bitcast=True), mask=m)
+        tl.store(words_ptr + out + 3, w3.to(tl.int32, bitcast=True), mask=m)
+        tl.store(rand_ptr + out, uniform(w0), mask=m)
+        tl.store(rand_ptr + out + 1, uniform(w1), mask=m)
+        tl.store(rand_ptr + out + 2, uniform(w2), mask=m)
+        tl.store(rand_ptr + out + 3, uniform(w3), mask=m)

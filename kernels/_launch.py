@@ -107,7 +107,10 @@ def _geometry(*tensors):
     kernels/_kernels.py), with the units and which tensors share the first one's strides."""
     N, C, S = tensors[0].shape
     units = [unit_dim(t) for t in tensors]
-    strides = [[0 if d == u else st for d, st in enumerate(t.stride())]
+    # The unit stride is implied by UNIT, and a dim of extent 1 is only ever indexed at 0: both
+    # are passed as 0, so that e.g. the stride 1 of the S == 1 dim of an (N, C) input does not
+    # hide that the others are multiples of 16 (triton 3.6 then stops vectorising).
+    strides = [[0 if d == u or t.shape[d] == 1 else st for d, st in enumerate(t.stride())]
                for t, u in zip(tensors, units, strict=True)]
     q = min(_pow2_divisor(st) for sts in strides for st in sts)
     qn, qc, qs = (_pow2_divisor(v) for v in (N, C, S))
@@ -294,6 +297,7 @@ def philox_at(groups: torch.Tensor, seed) -> tuple[torch.Tensor, torch.Tensor, t
         # Few large programs when interpreted (each costs interpreter overhead).
         interpreted = os.environ.get("TRITON_INTERPRET") == "1"
         block = min(triton.next_power_of_2(n), 1 << 16) if interpreted else 256
-        K.philox_kernel[(triton.cdiv(n, block),)](groups, seed, words, rand, randn, n,
-                                                  BLOCK=block)
+        for normals in (False, True):
+            K.philox_kernel[(triton.cdiv(n, block),)](groups, seed, words, rand, randn, n,
+                                                      BLOCK=block, NORMALS=normals)
     return words.to(torch.int64) & 0xFFFFFFFF, rand, randn

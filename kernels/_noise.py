@@ -152,13 +152,6 @@ def polar4(k0, k1, g, INT64: tl.constexpr):
 
 
 @triton.jit
-def normals4(k0, k1, g, INT64: tl.constexpr):
-    """``tl.randn4x(seed, g)``: the four float32 normals of each group in ``g``."""
-    ra, ca, sa, rb, cb, sb = polar4(k0, k1, g, INT64)
-    return ra * ca, ra * sa, rb * cb, rb * sb
-
-
-@triton.jit
 def interleave4(n0, n1, n2, n3, SHAPE: tl.constexpr):
     """The four ``[..., B/4, 1...]`` component tensors as one ``SHAPE`` tensor whose group axis
     runs ``n0, n1, n2, n3`` per group: element ``4q + k`` is component ``k`` of group ``q``.

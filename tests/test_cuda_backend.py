@@ -316,3 +316,53 @@ def test_past_2_pow_31_elements():
     g = m.noise_dot(dy, s, index_base=6)
     want = philox_normal(SEED, torch.arange(n - 1000, n) + 6).double().sum()
     torch.testing.assert_close(g.double().cpu(), want.view(1), atol=2e-3, rtol=1e-5)
+
+
+def _huge_channel(shape, layout, device):
+    """Channel 1 of random sign and magnitude in [0.5e19, 1e19] (its M2 overflows float32, its
+    variance does not), the others ordinary."""
+    g = torch.Generator().manual_seed(3)
+    x = make(shape, "contiguous", device="cpu").double()
+    magnitude = 0.5e19 + 0.5e19 * torch.rand(x[:, 1].shape, generator=g, dtype=torch.float64)
+    x[:, 1] = magnitude * (torch.randint(0, 2, x[:, 1].shape, generator=g) * 2 - 1)
+    x = x.float().to(device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        x = x.t().contiguous().t()
+    return x
+
+
+@pytest.mark.parametrize("shape, layout", [((6, 3, 5, 7), "contiguous"),
+                                           ((6, 3, 5, 7), "channels_last"),
+                                           ((40, 3), "contiguous"), ((40, 3), "transposed"),
+                                           ((80, 3, 64, 64), "contiguous")])
+def test_statistics_of_huge_values_are_finite_and_exact(impl, shape, layout):
+    m, dev = impl
+    x = _huge_channel(shape, layout, dev)
+    dims = (0, *range(2, x.dim()))
+    expected = torch.var(x.double(), dim=dims, correction=0)
+    assert expected[1] > 1e37 and torch.isfinite(expected.float()).all()
+    alpha = torch.full((3,), 0.5, device=dev)
+    y, mean, var = m.forward_batch(view3(x), alpha, seed_t(device=dev), 1e-5)
+    assert torch.isfinite(var).all(), var
+    torch.testing.assert_close(var.double().cpu(), expected.cpu(), rtol=1e-5, atol=0)
+    sigma = torch.sqrt(var + 1e-5)
+    dy = make(shape, "contiguous", gen=2, device=dev)
+    dx, g = m.backward_batch(view3(dy), view3(x), alpha, mean, sigma, seed_t(device=dev))
+    for t in (y, sigma, dx, g):
+        assert torch.isfinite(t).all()
+
+
+def test_nan_and_inf_stay_in_their_channel_next_to_huge_values(impl):
+    m, dev = impl
+    x = _huge_channel((6, 3, 5, 7), "contiguous", "cpu")
+    x = torch.cat([x, x[:, :1]], dim=1)  # channel 3 ordinary, then NaN in 0 and Inf in 2
+    x[2, 0, 1, 1] = float("nan")
+    x[3, 2, 0, 0] = float("inf")
+    x = x.to(dev)
+    _, _, var = m.forward_batch(view3(x), torch.ones(4, device=dev), seed_t(device=dev), 1e-5)
+    assert torch.isnan(var[0]) and torch.isnan(var[2])
+    expected = torch.var(x.double(), dim=(0, 2, 3), correction=0)
+    torch.testing.assert_close(var[[1, 3]].double().cpu(), expected[[1, 3]].cpu(), rtol=1e-5,
+                               atol=0)

@@ -63,3 +63,27 @@ def test_report_rows_and_roofs():
     assert cells[3:6] == ["10", "2.5", f"{33.5e12 / 2.5 / 1e9:.0f}"]
     assert cells[7] == "memory"
     assert any("0 matches" in line for line in lines)  # kernels absent from this listing
+
+
+def test_statistics_count_their_first_loop():
+    """The statistics kernels carry a second, longer copy of their loop (the reduction on
+    rescaled values, run only when M2 overflows): their hot loop is the first one."""
+    two_loops = [
+        "IADD3 R1, R1, 0x1, RZ",             # 0x00  hot loop
+        "FFMA R3, R2, R2, R3",               # 0x10
+        "ISETP.LT.AND P0, PT, R1, R4, PT",   # 0x20
+        "@P0 BRA 0x0",                       # 0x30
+        "IADD3 R1, R1, 0x1, RZ",             # 0x40  rescaled copy
+        "FMUL R2, R2, 5.42e-20",             # 0x50
+        "FFMA R3, R2, R2, R3",               # 0x60
+        "ISETP.LT.AND P0, PT, R1, R4, PT",   # 0x70
+        "@P0 BRA 0x40",                      # 0x80
+        "EXIT",                              # 0x90
+    ]
+    funcs = sass_proxy.functions(listing("_Z1kv", two_loops))
+    assert sass_proxy.hot_loop_count(funcs["_Z1kv"], first=True) == (4, 0x0, 0x30)
+    assert sass_proxy.hot_loop_count(funcs["_Z1kv"]) == (5, 0x40, 0x80)
+    name = "_ZN11anoise_cuda12stats_planesIfLb1EjEEvv"
+    row = next(line for line in sass_proxy.report(listing(name, two_loops), markdown=True)
+               if line.startswith("| statistics | NCHW | fp32"))
+    assert row.split("|")[4].strip() == "4"

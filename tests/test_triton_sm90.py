@@ -73,7 +73,8 @@ def test_contiguous_layouts_vectorise(compiled):
 def test_every_kernel_loop_is_found(compiled):
     for r in compiled:
         if r["kernel"] in ("stats_kernel", "noise_dot_kernel", "inject_kernel", "dx_kernel"):
-            assert 1 <= len(r["loops"]) <= 2 and all(n > 10 for n in r["loops"]), r
+            # (stats_kernel in float32: also the rescaled reduction, see _aot.Compiled.hot_loops)
+            assert 1 <= len(r["loops"]) <= 3 and all(n > 10 for n in r["loops"]), r
 
 
 def test_proxy_fp32_injection_within_40_instructions_per_element(proxy):

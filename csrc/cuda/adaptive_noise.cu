@@ -17,6 +17,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "adaptive_noise.h"
 #include "stream.cuh"
@@ -311,6 +312,25 @@ RPlan dot_plan(const Shape& sh, const View& dy, uint64_t base, int elem) {
 
 // ---- forward: statistics -----------------------------------------------------------------------
 
+// M2 (n times the variance) overflows float where the variance itself need not (|x| ~ 1e19).
+// A block whose M2 came out +inf reduces its chunk again on x * 2**-64, off the hot loop, and
+// stores that M2 (scaled by 2**-128) negated; finalize_stats scales it back in double.  NaN and
+// Inf inputs give NaN, not +inf, and are left alone.
+constexpr float kRescale = 0x1p-64f;
+
+template <class A, class Scaled>
+__device__ __forceinline__ void rescale_tile(A (&v)[4], Scaled) {
+  if constexpr (Scaled::value) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) v[k] *= A(kRescale);
+  }
+}
+
+template <class A>
+__device__ __forceinline__ bool overflowed(const Welford<A>& w) {
+  return std::is_same<A, float>::value && w.m2 == A(INFINITY);
+}
+
 // Block c * nchunks + k: positions [k*chunk, ...) of channel c, 4 per thread and step (a tile).
 // Fast: S a multiple of 4 and x's rows aligned, so every tile is one vector of one row.
 template <class T, bool Fast, class I>
@@ -320,27 +340,41 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t k = blockIdx.x % p.nchunks, c = blockIdx.x / p.nchunks;
   const I begin = (I)(k * p.chunk), end = (I)imin<int64_t>(begin + p.chunk, p.items);
   const T* xc = static_cast<const T*>(x.data) + c * x.sC;
-  Welford<A> w{A(0), A(0), A(0)};
+  __shared__ int rescale;
+  if (threadIdx.x == 0) rescale = 0;
+  auto reduce = [&](auto scaled) {
+    Welford<A> w{A(0), A(0), A(0)};
 #pragma unroll 1
-  for (I j = begin + 4 * threadIdx.x; j < end; j += 4 * kThreads) {
-    const I n = div(j, dS);
-    I s = j - n * dS.d;
-    A v[4];
-    int cnt = 4;
-    if (Fast) {
-      unpack(load4(xc + (int64_t)n * x.sN + s), v);
-    } else {
-      cnt = (int)imin<I>(4, end - j);
-      I row = n;
+    for (I j = begin + 4 * threadIdx.x; j < end; j += 4 * kThreads) {
+      const I n = div(j, dS);
+      I s = j - n * dS.d;
+      A v[4];
+      int cnt = 4;
+      if (Fast) {
+        unpack(load4(xc + (int64_t)n * x.sN + s), v);
+      } else {
+        cnt = (int)imin<I>(4, end - j);
+        I row = n;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        v[e] = e < cnt ? (A)to_acc(xc[(int64_t)row * x.sN + (int64_t)s * x.sS]) : A(0);
-        if (++s == dS.d) s = 0, ++row;
+        for (int e = 0; e < 4; ++e) {
+          v[e] = e < cnt ? (A)to_acc(xc[(int64_t)row * x.sN + (int64_t)s * x.sS]) : A(0);
+          if (++s == dS.d) s = 0, ++row;
+        }
       }
+      rescale_tile(v, scaled);
+      add_tile(w, v, cnt);
     }
-    add_tile(w, v, cnt);
+    return block_reduce(w);
+  };
+  Welford<A> w = reduce(std::false_type{});
+  if (std::is_same<A, float>::value) {
+    if (threadIdx.x == 0 && overflowed(w)) rescale = 1;
+    __syncthreads();
+    if (rescale) {
+      const Welford<A> scaled = reduce(std::true_type{});
+      if (threadIdx.x == 0) w.m2 = -scaled.m2;
+    }
   }
-  w = block_reduce(w);
   if (threadIdx.x == 0) {
     static_cast<A*>(pmean)[c * p.nchunks + k] = w.mean;
     static_cast<A*>(pm2)[c * p.nchunks + k] = w.m2;
@@ -364,29 +398,44 @@ __global__ void __launch_bounds__(kTileX* kTileY)
     const I n = div(pos, dS);
     return (A)to_acc(xc[(int64_t)n * x.sN + (int64_t)(pos - n * dS.d) * x.sS]);
   };
-  Welford<A> w{A(0), A(0), A(0)};
-  if (c < sh.C) {
-    I j = begin + threadIdx.y;
+  __shared__ int rescale;
+  if (threadIdx.x == 0 && threadIdx.y == 0) rescale = 0;
+  auto reduce = [&](auto scaled) {
+    Welford<A> w{A(0), A(0), A(0)};
+    if (c < sh.C) {
+      I j = begin + threadIdx.y;
 #pragma unroll 1
-    for (; j + 3 * kTileY < end; j += 4 * kTileY) {
-      A v[4];
+      for (; j + 3 * kTileY < end; j += 4 * kTileY) {
+        A v[4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) v[e] = at(j + e * kTileY);
-      add_tile(w, v, 4);
-    }
-    if (j < end) {
-      A v[4];
-      int cnt = 0;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const bool in = j + e * kTileY < end;
-        v[e] = in ? at(j + e * kTileY) : A(0);
-        cnt += in;
+        for (int e = 0; e < 4; ++e) v[e] = at(j + e * kTileY);
+        rescale_tile(v, scaled);
+        add_tile(w, v, 4);
       }
-      add_tile(w, v, cnt);
+      if (j < end) {
+        A v[4];
+        int cnt = 0;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const bool in = j + e * kTileY < end;
+          v[e] = in ? at(j + e * kTileY) : A(0);
+          cnt += in;
+        }
+        rescale_tile(v, scaled);
+        add_tile(w, v, cnt);
+      }
+    }
+    return column_reduce(w);
+  };
+  Welford<A> w = reduce(std::false_type{});
+  if (std::is_same<A, float>::value) {
+    if (threadIdx.y == 0 && overflowed(w)) rescale = 1;
+    __syncthreads();
+    if (rescale) {  // the whole block (column_reduce synchronises it); per channel below
+      const Welford<A> scaled = reduce(std::true_type{});
+      if (overflowed(w)) w.m2 = -scaled.m2;
     }
   }
-  w = column_reduce(w);
   if (threadIdx.y == 0 && c < sh.C) {
     static_cast<A*>(pmean)[c * p.nchunks + k] = w.mean;
     static_cast<A*>(pm2)[c * p.nchunks + k] = w.m2;
@@ -403,8 +452,9 @@ __global__ void finalize_stats(int64_t C, int64_t M, RPlan p, const A* pmean, co
   Welford<double> w{0, 0, 0};
   for (int64_t k = lane; k < p.nchunks; k += 32) {
     const double nb = (double)imin<int64_t>(p.chunk, M - k * p.chunk);
+    const double m2 = (double)pm2[c * p.nchunks + k];  // negative: scaled by 2**-128
     w = chan_merge(w, Welford<double>{nb, (double)pmean[c * p.nchunks + k],
-                                      (double)pm2[c * p.nchunks + k]});
+                                      m2 < 0 ? -m2 * 0x1p128 : m2});
   }
   w = warp_reduce(w);
   if (lane == 0) {
