@@ -220,6 +220,17 @@ void merge_stats(const Geometry& g, const at::Tensor& pmean, const at::Tensor& p
   var = m2 / n;
 }
 
+// Mean and biased variance of channel c over all its elements, accumulated in double: the
+// fallback for a channel whose single-precision statistics overflowed (a float32 sum of
+// squares exceeds 3.4e38 long before the variance does, e.g. values near 1e19).  Only
+// non-finite statistics take it, so the hot path keeps its float32 accumulation; a channel that
+// holds NaN or Inf stays NaN here too.
+void channel_stats_double(const at::Tensor& x3, int64_t c, double& mean, double& var) {
+  const at::Tensor xc = x3.select(1, c).to(at::kDouble);
+  mean = xc.mean().item<double>();
+  var = (xc - mean).square().mean().item<double>();
+}
+
 template <class A>
 double merge_sum(const Geometry& g, const at::Tensor& part, int64_t c) {
   double s = 0;
@@ -259,6 +270,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_batch(const at::Tensor& x
     const auto finish = [&](int64_t c) {
       double m, v;
       merge_stats<scalar_t>(g, pmean, pm2, c, m, v);
+      if (!std::isfinite(v) || !std::isfinite(m)) channel_stats_double(x3, c, m, v);
       const scalar_t var_c = static_cast<scalar_t>(v);
       // As the reference: sigma = sqrt(var + eps), scale = alpha * sigma, in the stats dtype.
       const scalar_t sigma = std::sqrt(var_c + static_cast<scalar_t>(eps));
