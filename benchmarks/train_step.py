@@ -2,7 +2,7 @@
 
     python -m benchmarks.train_step [--device cpu|cuda] [--threads N] [--quick] [--json FILE]
                                     [--models resnet20,token,wide-cnn] [--no-compile]
-                                    [--rounds R] [--profile MODEL]
+                                    [--rounds R] [--batch B] [--profile MODEL]
 
 One step is zero_grad, forward, cross-entropy, backward and an SGD (momentum) update.  For every
 model of :mod:`benchmarks.models` it times, interleaved round by round so that load from other
@@ -138,6 +138,8 @@ def main(argv=None) -> int:
                    help=f"comma-separated, from {', '.join(MODELS)}")
     p.add_argument("--no-compile", action="store_true", help="eager only")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="batch size of every model (default: each model's own, 16 or 32)")
     p.add_argument("--profile", metavar="MODEL", help="print the eager student's profile")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -165,9 +167,11 @@ def main(argv=None) -> int:
         if not (args.no_compile or args.quick):
             modes.append("compiled")
         for mode in modes:
-            steps = variants(MODELS[name], device, compiled=mode == "compiled")
+            steps = variants(MODELS[name], device, compiled=mode == "compiled",
+                             batch_size=args.batch)
             r = measure(steps, device, rounds, per_round, warmup=2)
-            r.update(model=name, mode=mode)
+            r.update(model=name, mode=mode,
+                     batch=args.batch or MODELS[name].input_shape[0])
             results.append(r)
             report_row(r)
     load_after = os.getloadavg()
