@@ -321,11 +321,77 @@ def _functorch_or_forward_ad() -> bool:
     return torch._C._are_functorch_transforms_active() or _forward_ad._current_level >= 0
 
 
+# -- plain eager calls: the launchers without the custom-op dispatch -------------------------
+#
+# In an eager training step, the custom ops' Python dispatch (argument normalisation, two
+# redispatches, alias checks, the torch.library autograd wrapper) costs several times the
+# kernels of a small layer, in forward and again in backward.  When nothing traces or
+# transforms the call (no torch.compile / export, no dispatch or function mode, no functorch
+# transform, no forward AD) and every tensor is a plain torch.Tensor, the same formulas run
+# through a lean autograd.Function that calls the launchers directly; everything else keeps the
+# ops.
+
+
+def _plain_eager(*tensors: Tensor) -> bool:
+    return (torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._is_torch_function_mode_enabled()
+            and all(type(t) is Tensor for t in tensors))
+
+
+class _EagerBatch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, alpha, seed, eps, stats_grad, backend):
+        y3, mean, var = _backends.launcher(backend).forward_batch(_view3d(x), alpha, seed, eps)
+        ctx.eps, ctx.stats_grad, ctx.backend = eps, stats_grad, backend
+        ctx.save_for_backward(x if stats_grad else None, alpha, mean, var, seed)
+        ctx.mark_non_differentiable(mean, var)
+        return _shaped(y3, x.shape), mean, var
+
+    @staticmethod
+    def backward(ctx, dy, _dmean, _dvar):
+        x, alpha, mean, var, seed = ctx.saved_tensors
+        need_x, need_alpha = ctx.needs_input_grad[:2]
+        launcher = _backends.launcher(ctx.backend)
+        sigma = torch.sqrt(var + ctx.eps)
+        dx = g = None
+        with torch.no_grad():
+            if need_x and ctx.stats_grad:
+                dx3, g = launcher.backward_batch(_view3d(dy), _view3d(x), alpha, mean, sigma, seed)
+                dx = _shaped(dx3, x.shape)
+            elif need_alpha:
+                g = launcher.noise_dot(_view3d(dy), seed)
+        if need_x:
+            dx = _first_order_only(dx, dy, x, alpha) if ctx.stats_grad else dy
+        dalpha = sigma * _first_order_only(g, dy, x, alpha) if need_alpha else None
+        return dx, dalpha, None, None, None, None
+
+
+class _EagerScaled(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, scale, seed, backend):
+        ctx.backend = backend
+        ctx.save_for_backward(seed)
+        return _shaped(_backends.launcher(backend).forward_scaled(_view3d(x), scale, seed), x.shape)
+
+    @staticmethod
+    def backward(ctx, dy):
+        (seed,) = ctx.saved_tensors
+        need_x, need_scale = ctx.needs_input_grad[:2]
+        dscale = None
+        if need_scale:
+            with torch.no_grad():
+                dscale = _backends.launcher(ctx.backend).noise_dot(_view3d(dy), seed)
+            dscale = _first_order_only(dscale, dy)
+        return dy if need_x else None, dscale, None, None
+
+
 def noise_batch(x: Tensor, alpha: Tensor, seed: Tensor, eps: float, stats_grad: bool,
                 backend: str) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`forward_batch`, differentiable in every autograd mode (see the module doc)."""
     if _functorch_or_forward_ad():
         return _ForwardBatch.apply(x, alpha, seed, eps, stats_grad, backend)
+    if not torch.compiler.is_compiling() and _plain_eager(x, alpha, seed):
+        return _EagerBatch.apply(x, alpha, seed, eps, stats_grad, backend)
     return forward_batch(x, alpha, seed, eps, stats_grad, backend)
 
 
@@ -333,4 +399,6 @@ def noise_scaled(x: Tensor, scale: Tensor, seed: Tensor, backend: str) -> Tensor
     """:func:`forward_scaled`, differentiable in every autograd mode (see the module doc)."""
     if _functorch_or_forward_ad():
         return _ForwardScaled.apply(x, scale, seed, backend)
+    if not torch.compiler.is_compiling() and _plain_eager(x, scale, seed):
+        return _EagerScaled.apply(x, scale, seed, backend)
     return forward_scaled(x, scale, seed, backend)

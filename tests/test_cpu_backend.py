@@ -411,6 +411,38 @@ def test_nan_propagates_to_its_channel_only(device):
     assert torch.isfinite(y[:, [0, 1, 3]]).all()
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("shape", [(6, 3, 5, 7), (40, 3)], ids=str)
+def test_statistics_finite_where_the_float32_sum_of_squares_overflows(shape, layout):
+    """Values of magnitude ~1e19: each squared deviation is ~1e38, their float32 sum overflows,
+    but the variance itself is representable (as it is for torch.var)."""
+    if len(shape) == 2 and layout == "channels_last":
+        layout = "contiguous"
+    g = torch.Generator().manual_seed(3)
+    magnitude = torch.empty(shape, dtype=torch.float64).uniform_(0.5e19, 1e19, generator=g)
+    sign = torch.randint(0, 2, shape, generator=g).double() * 2 - 1
+    x = (magnitude * sign).float()
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    C = shape[1]
+    dims = [0] + list(range(2, x.dim()))
+    want = torch.var(x.double(), dim=dims, correction=0)
+    assert torch.isfinite(want.float()).all()
+    _, _, var = ext("cpu").forward_batch(x.flatten(2) if x.dim() > 2 else x.unsqueeze(2),
+                                         torch.full((C,), 0.2), seed_t(SEED, "cpu"), 1e-5)
+    assert torch.isfinite(var).all()
+    torch.testing.assert_close(var.double(), want, rtol=1e-5, atol=0)
+    alpha = torch.full((C,), 0.2)
+    dy = make_input(shape, "contiguous", torch.float64, "cpu", gen_seed=5)
+    y, dx, da = _run(x, alpha, "cpu", dy)
+    for t in (y, dx, da):
+        assert torch.isfinite(t).all()
+    sigma = torch.sqrt(var.double() + 1e-5).view((1, C) + (1,) * (x.dim() - 2))
+    noise = own_noise(x, SEED)
+    atol = 1e-6 * x.abs().max().item()  # x itself is rounded to float32 in y
+    torch.testing.assert_close(y.double(), x.double() + 0.2 * sigma * noise, rtol=1e-5, atol=atol)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_empty_input(device):
     x = torch.empty(0, 3, 4, device=device)

@@ -1,6 +1,7 @@
 // torch binding of the fused CPU kernels: argument checks, the partition of the work into
 // thread-count-independent tasks, the parallel loops, and the fixed-order merges of partials.
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <torch/extension.h>
 
 #include <algorithm>
@@ -152,79 +153,117 @@ Geometry geometry_of(const at::Tensor& t) {
   return g;
 }
 
-// Runs f(t) for t in [0, ntasks) on torch's intra-op threads.  Threads take tasks from a shared
-// counter rather than fixed ranges, so a thread descheduled by other load does not hold the
-// others back; which thread runs a task never changes its result.
+// Elements of work per thread below which a call runs on the calling thread alone: waking a
+// sleeping worker (OMP_WAIT_POLICY=PASSIVE, or a loaded machine) costs more than the pass over
+// a few tens of thousands of elements, and the small activations of a network are many.
+constexpr int64_t kMinElementsPerThread = 32768;
+
+// Runs f(t) for t in [0, ntasks) on torch's intra-op threads, as many as `elements` of work
+// keep busy.  Threads take tasks from a shared counter rather than fixed ranges, so a thread
+// descheduled by other load does not hold the others back; which thread runs a task never
+// changes its result.
 template <class F>
-void run_tasks(int64_t ntasks, F&& f) {
+void run_tasks(int64_t ntasks, int64_t elements, F&& f) {
   if (ntasks <= 0) return;
+  const int64_t by_work = std::max<int64_t>(1, elements / kMinElementsPerThread);
+  const int64_t workers = std::min<int64_t>({at::get_num_threads(), ntasks, by_work});
+  if (workers == 1) {
+    for (int64_t t = 0; t < ntasks; ++t) f(t);
+    return;
+  }
   std::atomic<int64_t> next{0};
-  const int64_t workers = std::min<int64_t>(at::get_num_threads(), ntasks);
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
     for (int64_t t = next.fetch_add(1); t < ntasks; t = next.fetch_add(1)) f(t);
   });
 }
 
-template <class F>
-void for_tasks(const Geometry& g, F&& f) {
-  run_tasks(num_tasks(g), f);
-}
+int64_t elements_of(const Geometry& g) { return g.N * g.C * g.S; }
 
 template <class F>
-void for_channels(int64_t C, F&& f) {
-  at::parallel_for(0, C, 64, [&](int64_t b, int64_t e) {
-    for (int64_t c = b; c < e; ++c) f(c);
-  });
+void for_tasks(const Geometry& g, F&& f) {
+  run_tasks(num_tasks(g), elements_of(g), f);
+}
+
+// The per-channel merges, f(c0, c1) over ranges of channels: nchunks partials per channel,
+// cheap; threads only when there are many.
+template <class F>
+void for_channels(const Geometry& g, F&& f) {
+  const int64_t grain = std::max<int64_t>(64, (int64_t{1} << 16) / std::max<int64_t>(1, g.nchunks));
+  at::parallel_for(0, g.C, grain, [&](int64_t b, int64_t e) { f(b, e); });
 }
 
 // The ops whose second pass needs per-channel results of the first: pass1(t) for every task,
-// finish(c) for every channel, then pass2(t) for every task.  Planes with enough channels go
+// finish(c0, c1) for every range of channels, then pass2(t) for every task.  Planes with enough channels go
 // channel by channel instead (pass 1 over the channel's chunks, finish, pass 2), so that pass 2
 // reads the channel from cache rather than from memory; the tasks and the merges are the same
 // either way, and so are the results.
 template <class P1, class Fin, class P2>
 void two_passes(const Geometry& g, int64_t itemsize, P1&& pass1, Fin&& finish, P2&& pass2) {
   if (!g.rows && g.C >= 4 * at::get_num_threads() && g.N * g.S * itemsize <= kChannelBytes) {
-    run_tasks(g.C, [&](int64_t c) {
+    run_tasks(g.C, elements_of(g), [&](int64_t c) {
       for (int64_t k = 0; k < g.nchunks; ++k) pass1(c * g.nchunks + k);
-      finish(c);
+      finish(c, c + 1);
       for (int64_t k = 0; k < g.nchunks; ++k) pass2(c * g.nchunks + k);
     });
     return;
   }
   for_tasks(g, pass1);
-  for_channels(g.C, finish);
+  for_channels(g, finish);
   for_tasks(g, pass2);
 }
 
+// Chan's pairwise merge of the chunk statistics of channels [c0, c1), in chunk order, in
+// double: mean[c] and var[c] (biased).  Chunk-major with the channels innermost, so that in rows
+// mode (partials of a chunk are contiguous over c; an (N, C) input of C = 768 has ~100 chunks)
+// the merge vectorises over channels and reads the partials in order, with one division per
+// chunk rather than one per chunk and channel.
 template <class A>
-A acc_at(const at::Tensor& t, int64_t i) {
-  return t.data_ptr<A>()[i];
-}
-
-// Chan's pairwise merge of the chunk statistics of channel c, in chunk order, in double.
-template <class A>
-void merge_stats(const Geometry& g, const at::Tensor& pmean, const at::Tensor& pm2, int64_t c,
-                 double& mean, double& var) {
-  double n = 0, m = 0, m2 = 0;
+void merge_stats(const Geometry& g, const at::Tensor& pmean_t, const at::Tensor& pm2_t,
+                 int64_t c0, int64_t c1, double* __restrict mean, double* __restrict var) {
+  const A* pmean = pmean_t.data_ptr<A>();
+  const A* pm2 = pm2_t.data_ptr<A>();
+  for (int64_t c = c0; c < c1; ++c) mean[c] = var[c] = 0;
+  double n = 0;
   for (int64_t k = 0; k < g.nchunks; ++k) {
-    const double nb = static_cast<double>(chunk_count(g, k));
-    const double mb = acc_at<A>(pmean, slot(g, c, k));
-    const double m2b = acc_at<A>(pm2, slot(g, c, k));
-    const double delta = mb - m, tot = n + nb;
-    m += delta * nb / tot;
-    m2 += m2b + delta * delta * n * nb / tot;
+    const double nb = static_cast<double>(chunk_count(g, k)), tot = n + nb;
+    const double w = nb / tot, w2 = n * w;
+    const A* pmk = pmean + slot(g, 0, k);
+    const A* pm2k = pm2 + slot(g, 0, k);
+    const int64_t cs = g.rows ? 1 : g.nchunks;  // slot stride between channels
+#pragma omp simd
+    for (int64_t c = c0; c < c1; ++c) {
+      const double delta = static_cast<double>(pmk[c * cs]) - mean[c];
+      mean[c] += delta * w;
+      var[c] += static_cast<double>(pm2k[c * cs]) + delta * delta * w2;
+    }
     n = tot;
   }
-  mean = m;
-  var = m2 / n;
+  for (int64_t c = c0; c < c1; ++c) var[c] /= n;
 }
 
-template <class A>
-double merge_sum(const Geometry& g, const at::Tensor& part, int64_t c) {
-  double s = 0;
-  for (int64_t k = 0; k < g.nchunks; ++k) s += acc_at<A>(part, slot(g, c, k));
-  return s;
+// Mean and biased variance of channel c over all its elements, accumulated in double: the
+// fallback for a channel whose single-precision statistics overflowed (a float32 sum of
+// squares exceeds 3.4e38 long before the variance does, e.g. values near 1e19).  Only
+// non-finite statistics take it, so the hot path keeps its float32 accumulation; a channel that
+// holds NaN or Inf stays NaN here too.
+void channel_stats_double(const at::Tensor& x3, int64_t c, double& mean, double& var) {
+  const at::Tensor xc = x3.select(1, c).to(at::kDouble);
+  mean = xc.mean().item<double>();
+  var = (xc - mean).square().mean().item<double>();
+}
+
+// out[c] = the sum of the chunk partials of channel c, for c in [c0, c1), in chunk order
+// (chunk-major, as merge_stats).
+void merge_sum(const Geometry& g, const at::Tensor& part_t, int64_t c0, int64_t c1,
+               double* __restrict out) {
+  const double* part = part_t.data_ptr<double>();
+  const int64_t cs = g.rows ? 1 : g.nchunks;
+  for (int64_t c = c0; c < c1; ++c) out[c] = 0;
+  for (int64_t k = 0; k < g.nchunks; ++k) {
+    const double* pk = part + slot(g, 0, k);
+#pragma omp simd
+    for (int64_t c = c0; c < c1; ++c) out[c] += pk[c * cs];
+  }
 }
 
 at::Tensor partials(const Geometry& g, at::ScalarType st, const at::Tensor& like) {
@@ -237,6 +276,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_batch(const at::Tensor& x
                                                              const at::Tensor& alpha,
                                                              const at::Tensor& seed, double eps,
                                                              int64_t index_base) {
+  // A label in torch.profiler traces (free when no profiler runs).
+  RECORD_FUNCTION("anoise_cpu::forward_batch", std::vector<c10::IValue>());
   check_x3(x3, "x");
   const at::ScalarType st = stat_type(x3);
   const Geometry g = geometry_of(x3);
@@ -255,16 +296,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_batch(const at::Tensor& x
   at::Tensor scale = at::empty({g.C}, x3.options().dtype(st));
   const Kernels& k = kern();
   const View xv = view_of(x3), yv = view_of(y);
+  std::vector<double> merged_mean(g.C), merged_var(g.C);
   AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_forward", [&] {
-    const auto finish = [&](int64_t c) {
-      double m, v;
-      merge_stats<scalar_t>(g, pmean, pm2, c, m, v);
-      const scalar_t var_c = static_cast<scalar_t>(v);
-      // As the reference: sigma = sqrt(var + eps), scale = alpha * sigma, in the stats dtype.
-      const scalar_t sigma = std::sqrt(var_c + static_cast<scalar_t>(eps));
-      mean.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(m);
-      var.data_ptr<scalar_t>()[c] = var_c;
-      scale.data_ptr<scalar_t>()[c] = alpha.data_ptr<scalar_t>()[c] * sigma;
+    scalar_t* mean_p = mean.data_ptr<scalar_t>();
+    scalar_t* var_p = var.data_ptr<scalar_t>();
+    scalar_t* scale_p = scale.data_ptr<scalar_t>();
+    const scalar_t* alpha_p = alpha.data_ptr<scalar_t>();
+    const auto finish = [&](int64_t c0, int64_t c1) {
+      merge_stats<scalar_t>(g, pmean, pm2, c0, c1, merged_mean.data(), merged_var.data());
+      for (int64_t c = c0; c < c1; ++c) {
+        double m = merged_mean[c], v = merged_var[c];
+        if (!std::isfinite(v) || !std::isfinite(m)) channel_stats_double(x3, c, m, v);
+        const scalar_t var_c = static_cast<scalar_t>(v);
+        // As the reference: sigma = sqrt(var + eps), scale = alpha * sigma, in the stats dtype.
+        const scalar_t sigma = std::sqrt(var_c + static_cast<scalar_t>(eps));
+        mean_p[c] = static_cast<scalar_t>(m);
+        var_p[c] = var_c;
+        scale_p[c] = alpha_p[c] * sigma;
+      }
     };
     two_passes(
         g, x3.element_size(),
@@ -276,6 +325,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> forward_batch(const at::Tensor& x
 
 at::Tensor forward_scaled(const at::Tensor& x3, const at::Tensor& scale, const at::Tensor& seed,
                           int64_t index_base) {
+  RECORD_FUNCTION("anoise_cpu::forward_scaled", std::vector<c10::IValue>());
   check_x3(x3, "x");
   const Geometry g = geometry_of(x3);
   check_channels(scale, "scale", g.C, stat_type(x3));
@@ -299,15 +349,19 @@ at::Tensor noise_dot_impl(const at::Tensor& dy3, const Geometry& g, uint64_t s, 
   const DType dt = dtype_of(dy3, "dy");
   const View dv = view_of(dy3);
   for_tasks(g, [&](int64_t t) { k.noise_dot(g, dt, dv, s, base, t, part.data_ptr<double>()); });
+  std::vector<double> sums(g.C);
   AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_dot", [&] {
-    for_channels(g.C, [&](int64_t c) {
-      out.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(merge_sum<double>(g, part, c));
+    scalar_t* out_p = out.data_ptr<scalar_t>();
+    for_channels(g, [&](int64_t c0, int64_t c1) {
+      merge_sum(g, part, c0, c1, sums.data());
+      for (int64_t c = c0; c < c1; ++c) out_p[c] = static_cast<scalar_t>(sums[c]);
     });
   });
   return out;
 }
 
 at::Tensor noise_dot(const at::Tensor& dy3, const at::Tensor& seed, int64_t index_base) {
+  RECORD_FUNCTION("anoise_cpu::noise_dot", std::vector<c10::IValue>());
   check_x3(dy3, "dy");
   return noise_dot_impl(dy3, geometry_of(dy3), seed_of(seed), base_of(index_base));
 }
@@ -316,6 +370,7 @@ std::tuple<at::Tensor, at::Tensor> backward_batch(const at::Tensor& dy3, const a
                                                   const at::Tensor& alpha, const at::Tensor& mean,
                                                   const at::Tensor& sigma,
                                                   const at::Tensor& seed, int64_t index_base) {
+  RECORD_FUNCTION("anoise_cpu::backward_batch", std::vector<c10::IValue>());
   check_x3(x3, "x");
   check_x3(dy3, "dy");
   TORCH_CHECK_VALUE(dy3.sizes() == x3.sizes(), "dy must have x's shape ", x3.sizes(), ", got ",
@@ -337,12 +392,19 @@ std::tuple<at::Tensor, at::Tensor> backward_batch(const at::Tensor& dy3, const a
   const Kernels& k = kern();
   const DType dt = dtype_of(x3, "x");
   const View dv = view_of(dy3), xv = view_of(x3), ov = view_of(dx);
+  std::vector<double> sums(g.C);
   AT_DISPATCH_FLOATING_TYPES(st, "anoise_cpu_backward", [&] {
-    const auto finish = [&](int64_t c) {
-      const double gc = merge_sum<double>(g, part, c);
-      const double a = alpha.data_ptr<scalar_t>()[c], sg = sigma.data_ptr<scalar_t>()[c];
-      gsum.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(gc);
-      coef.data_ptr<scalar_t>()[c] = static_cast<scalar_t>(a * gc / (M * sg));
+    const scalar_t* alpha_p = alpha.data_ptr<scalar_t>();
+    const scalar_t* sigma_p = sigma.data_ptr<scalar_t>();
+    scalar_t* gsum_p = gsum.data_ptr<scalar_t>();
+    scalar_t* coef_p = coef.data_ptr<scalar_t>();
+    const auto finish = [&](int64_t c0, int64_t c1) {
+      merge_sum(g, part, c0, c1, sums.data());
+      for (int64_t c = c0; c < c1; ++c) {
+        const double gc = sums[c], a = alpha_p[c], sg = sigma_p[c];
+        gsum_p[c] = static_cast<scalar_t>(gc);
+        coef_p[c] = static_cast<scalar_t>(a * gc / (M * sg));
+      }
     };
     two_passes(
         g, x3.element_size(),
@@ -360,7 +422,7 @@ at::Tensor randn(int64_t numel, const at::Tensor& seed) {
   float* p = out.data_ptr<float>();
   const Kernels& k = kern();
   const int64_t tasks = (numel + kRandnChunk - 1) / kRandnChunk;
-  run_tasks(tasks, [&](int64_t t) {
+  run_tasks(tasks, numel, [&](int64_t t) {
     const int64_t begin = t * kRandnChunk, n = std::min(numel - begin, kRandnChunk);
     k.randn(p + begin, n, static_cast<uint64_t>(begin), 1, s);
   });
