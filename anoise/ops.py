@@ -89,6 +89,10 @@ def forward_batch(
     x: Tensor, alpha: Tensor, seed: Tensor, eps: float, stats_grad: bool, backend: str
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(y, mean, var)``: the noise injected with this batch's statistics (var biased)."""
+    return _forward_batch_impl(x, alpha, seed, eps, stats_grad, backend)
+
+
+def _forward_batch_impl(x, alpha, seed, eps, stats_grad, backend):
     y3, mean, var = _backends.launcher(backend).forward_batch(_view3d(x), alpha, seed, eps)
     return _shaped(y3, x.shape), mean, var
 
@@ -110,21 +114,28 @@ def _forward_batch_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(mean, var)
 
 
-def _forward_batch_backward(ctx, dy, _dmean, _dvar):
-    x, alpha, mean, var, seed = ctx.saved_tensors
-    need_x, need_alpha = ctx.needs_input_grad[:2]
-    sigma = torch.sqrt(var + ctx.eps)
-    dx = g = None
-    with torch.no_grad():
-        if need_x and ctx.stats_grad:
-            dx, g = backward_batch(dy, x, alpha, mean, sigma, seed, ctx.backend)
-        elif need_alpha:
-            g = noise_dot(dy, seed, ctx.backend)
-    if need_x:
-        # Without stats_grad, sigma is a constant: y - x does not depend on x.
-        dx = _first_order_only(dx, dy, x, alpha) if ctx.stats_grad else dy
-    dalpha = sigma * _first_order_only(g, dy, x, alpha) if need_alpha else None
-    return dx, dalpha, None, None, None, None
+def _batch_backward(kernels):
+    """Backward of :func:`forward_batch` computing its kernels with ``kernels`` (the ops, or
+    the launchers called directly on plain eager calls)."""
+    backward_batch_fn, noise_dot_fn = kernels
+
+    def backward(ctx, dy, _dmean, _dvar):
+        x, alpha, mean, var, seed = ctx.saved_tensors
+        need_x, need_alpha = ctx.needs_input_grad[:2]
+        sigma = torch.sqrt(var + ctx.eps)
+        dx = g = None
+        with torch.no_grad():
+            if need_x and ctx.stats_grad:
+                dx, g = backward_batch_fn(dy, x, alpha, mean, sigma, seed, ctx.backend)
+            elif need_alpha:
+                g = noise_dot_fn(dy, seed, ctx.backend)
+        if need_x:
+            # Without stats_grad, sigma is a constant: y - x does not depend on x.
+            dx = _first_order_only(dx, dy, x, alpha) if ctx.stats_grad else dy
+        dalpha = sigma * _first_order_only(g, dy, x, alpha) if need_alpha else None
+        return dx, dalpha, None, None, None, None
+
+    return backward
 
 
 def _forward_batch_jvp(ctx, tx, talpha, *_):
@@ -147,14 +158,15 @@ def _tangent_or_zeros(tx, ctx):
     return tx if tx is not None else torch.zeros(shape, dtype=dtype, device=device)
 
 
-forward_batch.register_autograd(_forward_batch_backward, setup_context=_forward_batch_setup)
-
-
 @torch.library.custom_op("anoise::backward_batch", mutates_args=())
 def backward_batch(
     dy: Tensor, x: Tensor, alpha: Tensor, mean: Tensor, sigma: Tensor, seed: Tensor, backend: str
 ) -> tuple[Tensor, Tensor]:
     """``(dx, g)`` with ``g_c = sum(dy * eps)`` and ``dx`` of SPEC section 2 (batch stats)."""
+    return _backward_batch_impl(dy, x, alpha, mean, sigma, seed, backend)
+
+
+def _backward_batch_impl(dy, x, alpha, mean, sigma, seed, backend):
     dx3, g = _backends.launcher(backend).backward_batch(
         _view3d(dy), _view3d(x), alpha, mean, sigma, seed
     )
@@ -172,8 +184,11 @@ def _(dy, x, alpha, mean, sigma, seed, backend):
 @torch.library.custom_op("anoise::forward_scaled", mutates_args=())
 def forward_scaled(x: Tensor, scale: Tensor, seed: Tensor, backend: str) -> Tensor:
     """``y = x + scale_c * eps``."""
-    y3 = _backends.launcher(backend).forward_scaled(_view3d(x), scale, seed)
-    return _shaped(y3, x.shape)
+    return _forward_scaled_impl(x, scale, seed, backend)
+
+
+def _forward_scaled_impl(x, scale, seed, backend):
+    return _shaped(_backends.launcher(backend).forward_scaled(_view3d(x), scale, seed), x.shape)
 
 
 @forward_scaled.register_fake
@@ -189,15 +204,21 @@ def _forward_scaled_setup(ctx, inputs, output):
     ctx.save_for_forward(seed)
 
 
-def _forward_scaled_backward(ctx, dy):
-    (seed,) = ctx.saved_tensors
-    need_x, need_scale = ctx.needs_input_grad[:2]
-    dscale = None
-    if need_scale:
-        with torch.no_grad():
-            dscale = noise_dot(dy, seed, ctx.backend)
-        dscale = _first_order_only(dscale, dy)
-    return dy if need_x else None, dscale, None, None
+def _scaled_backward(noise_dot_fn):
+    """Backward of :func:`forward_scaled` computing ``g`` with ``noise_dot_fn`` (the op, or the
+    launcher called directly on plain eager calls)."""
+
+    def backward(ctx, dy):
+        (seed,) = ctx.saved_tensors
+        need_x, need_scale = ctx.needs_input_grad[:2]
+        dscale = None
+        if need_scale:
+            with torch.no_grad():
+                dscale = noise_dot_fn(dy, seed, ctx.backend)
+            dscale = _first_order_only(dscale, dy)
+        return dy if need_x else None, dscale, None, None
+
+    return backward
 
 
 def _forward_scaled_jvp(ctx, tx, tscale, *_):
@@ -207,18 +228,25 @@ def _forward_scaled_jvp(ctx, tx, tscale, *_):
     return forward_scaled(_tangent_or_zeros(tx, ctx), tscale, seed, ctx.backend)
 
 
-forward_scaled.register_autograd(_forward_scaled_backward, setup_context=_forward_scaled_setup)
-
-
 @torch.library.custom_op("anoise::noise_dot", mutates_args=())
 def noise_dot(dy: Tensor, seed: Tensor, backend: str) -> Tensor:
     """``g_c = sum(dy * eps)`` over the elements of channel ``c``."""
+    return _noise_dot_impl(dy, seed, backend)
+
+
+def _noise_dot_impl(dy, seed, backend):
     return _backends.launcher(backend).noise_dot(_view3d(dy), seed)
 
 
 @noise_dot.register_fake
 def _(dy, seed, backend):
     return _stats_like(dy, torch.float64 if dy.dtype == torch.float64 else torch.float32)
+
+
+_forward_batch_backward = _batch_backward((backward_batch, noise_dot))
+_forward_scaled_backward = _scaled_backward(noise_dot)
+forward_batch.register_autograd(_forward_batch_backward, setup_context=_forward_batch_setup)
+forward_scaled.register_autograd(_forward_scaled_backward, setup_context=_forward_scaled_setup)
 
 
 # -- second derivatives -------------------------------------------------------------------------
@@ -338,51 +366,11 @@ def _plain_eager(*tensors: Tensor) -> bool:
             and all(type(t) is Tensor for t in tensors))
 
 
-class _EagerBatch(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, alpha, seed, eps, stats_grad, backend):
-        y3, mean, var = _backends.launcher(backend).forward_batch(_view3d(x), alpha, seed, eps)
-        ctx.eps, ctx.stats_grad, ctx.backend = eps, stats_grad, backend
-        ctx.save_for_backward(x if stats_grad else None, alpha, mean, var, seed)
-        ctx.mark_non_differentiable(mean, var)
-        return _shaped(y3, x.shape), mean, var
-
-    @staticmethod
-    def backward(ctx, dy, _dmean, _dvar):
-        x, alpha, mean, var, seed = ctx.saved_tensors
-        need_x, need_alpha = ctx.needs_input_grad[:2]
-        launcher = _backends.launcher(ctx.backend)
-        sigma = torch.sqrt(var + ctx.eps)
-        dx = g = None
-        with torch.no_grad():
-            if need_x and ctx.stats_grad:
-                dx3, g = launcher.backward_batch(_view3d(dy), _view3d(x), alpha, mean, sigma, seed)
-                dx = _shaped(dx3, x.shape)
-            elif need_alpha:
-                g = launcher.noise_dot(_view3d(dy), seed)
-        if need_x:
-            dx = _first_order_only(dx, dy, x, alpha) if ctx.stats_grad else dy
-        dalpha = sigma * _first_order_only(g, dy, x, alpha) if need_alpha else None
-        return dx, dalpha, None, None, None, None
-
-
-class _EagerScaled(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, scale, seed, backend):
-        ctx.backend = backend
-        ctx.save_for_backward(seed)
-        return _shaped(_backends.launcher(backend).forward_scaled(_view3d(x), scale, seed), x.shape)
-
-    @staticmethod
-    def backward(ctx, dy):
-        (seed,) = ctx.saved_tensors
-        need_x, need_scale = ctx.needs_input_grad[:2]
-        dscale = None
-        if need_scale:
-            with torch.no_grad():
-                dscale = _backends.launcher(ctx.backend).noise_dot(_view3d(dy), seed)
-            dscale = _first_order_only(dscale, dy)
-        return dy if need_x else None, dscale, None, None
+_EagerBatch = _function_twin(
+    "_EagerBatch", _forward_batch_impl, _forward_batch_setup,
+    _batch_backward((_backward_batch_impl, _noise_dot_impl)), _forward_batch_jvp)
+_EagerScaled = _function_twin("_EagerScaled", _forward_scaled_impl, _forward_scaled_setup,
+                              _scaled_backward(_noise_dot_impl), _forward_scaled_jvp)
 
 
 def noise_batch(x: Tensor, alpha: Tensor, seed: Tensor, eps: float, stats_grad: bool,
