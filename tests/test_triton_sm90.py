@@ -24,8 +24,8 @@ _AOT_ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 _AOT_ENV["TRITON_DEFAULT_FP_FUSION"] = "1"
 # The compile takes minutes on one core: conftest starts it when this module is collected, so
 # it runs beside the tests before this module's.
-BACKGROUND = ({"sm90 aot": ([sys.executable, "-m", "anoise.kernels._aot", "--json"], _AOT_ENV)}
-              if PTXAS.exists() else {})
+BACKGROUND = ({"sm90 aot": ([sys.executable, "-m", "anoise.kernels._aot", "--json"], _AOT_ENV,
+                            None)} if PTXAS.exists() else {})
 
 
 @pytest.fixture(scope="module")
