@@ -75,3 +75,54 @@ def assert_close_to_reference(actual, expected, dtype):
     torch.testing.assert_close(
         actual.double(), expected.double(), atol=atol * scale, rtol=rtol, equal_nan=True
     )
+
+
+# -- slow subprocesses started at collection, run on another core while the other tests run --
+
+_BACKGROUND: dict[str, tuple] = {}
+
+
+def start_in_background(name: str, cmd: list[str], env: dict | None = None,
+                        cwd=None) -> None:
+    """Start ``cmd`` once, its output kept in temporary files (see :func:`background_result`)."""
+    if name in _BACKGROUND:
+        return
+    import subprocess
+    import tempfile
+
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err)
+    _BACKGROUND[name] = (proc, out, err)
+
+
+def background_result(name: str, cmd: list[str], env: dict | None = None, cwd=None, *,
+                      timeout: float):
+    """``(returncode, stdout, stderr)`` of ``cmd``, started by now if it was not already."""
+    start_in_background(name, cmd, env, cwd)
+    proc, out, err = _BACKGROUND[name]
+    proc.wait(timeout=timeout)
+    out.seek(0)
+    err.seek(0)
+    return proc.returncode, out.read().decode(), err.read().decode()
+
+
+def pytest_collection_finish(session):
+    """A test module that needs a slow single-process subprocess (a compile of minutes) names
+    it in ``BACKGROUND = {name: (cmd, env, cwd)}``; it starts as soon as that module is
+    collected, so on a machine with a second core it overlaps the tests that run before the
+    module's own."""
+    modules = {id(item.module): item.module for item in session.items
+               if getattr(item, "module", None) is not None}
+    for module in modules.values():
+        for name, (cmd, env, cwd) in getattr(module, "BACKGROUND", {}).items():
+            start_in_background(name, cmd, env, cwd)
+
+
+def pytest_sessionfinish(session):
+    for proc, out, err in _BACKGROUND.values():
+        if proc.poll() is None:  # the tests that needed it did not run (-x, -k, ...)
+            proc.kill()
+            proc.wait()
+        out.close()
+        err.close()
+    _BACKGROUND.clear()

@@ -1,4 +1,4 @@
-"""The README's deployment section runs as written: ``torch.export`` of an eval-mode student,
+"""docs/deployment.md runs as written: ``torch.export`` of an eval-mode student,
 saved, then loaded and run in a fresh process that imports only torch and anoise, and the
 AOTInductor package of the same program."""
 
@@ -14,9 +14,9 @@ import torch
 
 import anoise
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+DEPLOYMENT = Path(__file__).resolve().parent.parent / "docs" / "deployment.md"
 
-# In the fresh process, after the README's second block: the loaded program and the compiled
+# In the fresh process, after the page's second block: the loaded program and the compiled
 # package draw the noise the eager student drew under the same torch.manual_seed.
 CHECK = textwrap.dedent("""
     check = torch.load("check.pt")
@@ -32,18 +32,17 @@ CHECK = textwrap.dedent("""
 
 
 def _blocks():
-    section = README.read_text().split("## Deployment\n", 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert len(blocks) == 2, "README's Deployment section has an export and a load block"
+    blocks = re.findall(r"```python\n(.*?)```", DEPLOYMENT.read_text(), re.S)
+    assert len(blocks) == 2, "docs/deployment.md has an export and a load block"
     return blocks
 
 
 @pytest.mark.skipif(not anoise.backends()["cpu"], reason="export needs a fused CPU backend")
-def test_readme_deployment_runs_in_a_fresh_process(tmp_path, monkeypatch):
+def test_deployment_page_runs_in_a_fresh_process(tmp_path, monkeypatch):
     export_block, load_block = _blocks()
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    exec(compile(export_block, "README.md deployment", "exec"), namespace)
+    exec(compile(export_block, "docs/deployment.md", "exec"), namespace)
     student = namespace["student"]
     x = torch.randn(3, 3, 32, 32)  # a batch size that export did not see
     torch.manual_seed(5)

@@ -52,8 +52,11 @@ def test_export_survives_save_and_load(device, backend, train):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("seed", [None, 2**64 - 3])
-@pytest.mark.parametrize("mode", ["batch", "running"])
+# Both statistics paths with a drawn seed, and a constant seed above 2**63 on one of them: the
+# two share the noise (reference._inject), and Inductor's compile of the constant-key Philox
+# takes a minute per path on a 2-core machine.
+@pytest.mark.parametrize("mode, seed", [("batch", None), ("running", None),
+                                        ("batch", 2**64 - 3)])
 def test_reference_backend_compiles_without_graph_breaks(device, seed, mode):
     rv = torch.linspace(0.5, 2, 4, device=device)
 

@@ -61,3 +61,31 @@ def test_readme_commands_reject_a_marker_without_a_command():
         readme_commands.commands("<!-- command: main -->\n\nplain text\n")
     with pytest.raises(ValueError, match="two commands named"):
         readme_commands.commands("<!-- command: a -->\n    x\n<!-- command: a -->\n    y\n")
+
+
+LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
+
+
+def _relative_links(path: Path) -> list[str]:
+    return [t for t in LINK.findall(path.read_text()) if "://" not in t]
+
+
+def test_readme_is_a_short_front_page_linking_every_docs_page():
+    text = README.read_text()
+    assert len(text.splitlines()) <= 150, "the README is the front page: reference goes to docs/"
+    for heading in ("## Try it", "## Example", "## Headline numbers",
+                    "## What is verified, and what is not", "## Documentation"):
+        assert heading in text, heading
+    links = set(_relative_links(README))
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"docs/{page.name}" in links, f"README does not link docs/{page.name}"
+    # The noise of element i is stream 2's, not the earlier one-normal-per-call stream.
+    for path in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        assert "tl.randn(seed, i)`" not in path.read_text(), path
+
+
+def test_readme_and_docs_links_resolve():
+    for path in [README, *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in _relative_links(path):
+            resolved = (path.parent / target).resolve()
+            assert resolved.exists(), f"{path.name} links {target}, which does not exist"

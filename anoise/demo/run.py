@@ -11,24 +11,34 @@ differences, trend curves and decision-boundary slices, ``results.json`` and ``r
 from __future__ import annotations
 
 import argparse
+import collections
+import copy
 import io
 import json
 import os
 import sys
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 import torch
 
 from . import report, zoo
 from .data import load_images, split
+from .progress import Progress, attack_cost, noisy_row, run_cost, slices_cost, training_cost
 
 # Settings per preset; an option given on the command line overrides its preset value.
+# "full" is the reproduction the README and docs/demo.md tables come from (3 training seeds,
+# 1,000 attacked images: FULL_RUN_MINUTES on an idle 2-core machine).  The default is the same
+# pipeline with the same training and the same attacks, for one training seed on 250 images:
+# a few minutes, to see it work first.
+_FULL = dict(seeds=3, jobs=None, train_size=0, eval_size=1000, teacher_epochs=6,
+             finetune_epochs=2, scratch_epochs=8, adv_epochs=2, adv_steps=5,
+             alphas="0.1,0.25,0.5,1.0", pgd_steps=20, eot_samples=10, restarts=2,
+             more_draws_steps=20, more_draws=20, cw_steps=50, draws=10, select_draws=30,
+             grid=31, boundary_samples=6)
 PRESETS = {
-    "default": dict(seeds=3, jobs=None, train_size=0, eval_size=1000, teacher_epochs=6,
-                    finetune_epochs=2, scratch_epochs=8, adv_epochs=2, adv_steps=5,
-                    alphas="0.1,0.25,0.5,1.0", pgd_steps=20, eot_samples=10, restarts=2,
-                    more_draws_steps=20, more_draws=20, cw_steps=50, draws=10,
-                    select_draws=30, grid=31, boundary_samples=6),
+    "default": dict(_FULL, seeds=1, eval_size=250),
+    "full": _FULL,
     "quick": dict(seeds=2, jobs=None, train_size=2000, eval_size=100, teacher_epochs=5,
                   finetune_epochs=1, scratch_epochs=6, adv_epochs=1, adv_steps=3,
                   alphas="0.1,0.25,0.5,1.0", pgd_steps=5, eot_samples=3, restarts=2,
@@ -40,6 +50,11 @@ PRESETS = {
                   more_draws=3, cw_steps=3, draws=3, select_draws=3, grid=5,
                   boundary_samples=2),
 }
+PRESET_ORDER = ("default", "full", "quick", "smoke")
+# Wall clock of `python -m anoise.demo --full` on an otherwise idle 2-core machine (AMD EPYC,
+# 2 processes x 1 thread), the run whose results.json the docs' tables come from.
+FULL_RUN_MINUTES = 32
+FULL_TRAIN_SIZE = 4000  # the full run trains on every training image of the MNIST data
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -62,9 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
         "ensemble attack, transfer from the noise-off twin; C&W reported apart) and print the "
         "per-draw mean, all-draws, majority and ensemble accuracy, the per-image worst case, "
         "the spread over seeds and paired differences. Writes results.json, results.md and "
-        "PNG figures to --out.",
+        "PNG figures to --out. The default run takes a few minutes (one training seed); --full "
+        f"is the reproduction the docs' tables come from ({FULL_RUN_MINUTES} min on an idle "
+        "2-core machine).",
         formatter_class=_HelpFormatter)
     size = p.add_mutually_exclusive_group()
+    size.add_argument("--full", action="store_true",
+                      help=f"the full reproduction: 3 training seeds, 1,000 attacked images "
+                      f"(about {FULL_RUN_MINUTES} min on an idle 2-core machine); the docs' "
+                      "tables come from it")
     size.add_argument("--quick", action="store_true",
                       help="smaller preset (fewer images, seeds, draws and steps)")
     size.add_argument("--smoke", action="store_true",
@@ -83,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(reduction order), so it is fixed rather than load-dependent")
     p.add_argument("--seeds", type=int, help="number of training seeds (--seed, --seed + 1, ...)")
     p.add_argument("--jobs", type=int,
-                   help="processes running seeds in parallel (default: min(seeds, usable "
-                   "cores)); the results do not depend on it")
+                   help="processes running the trainings and attacks in parallel (default: "
+                   "the usable cores); the results do not depend on it")
     g = p.add_argument_group("training (preset values when not given)")
     g.add_argument("--train-size", type=int, help="training images to use (0: all)")
     g.add_argument("--test-fraction", type=float, default=0.2, help="share held out for test")
@@ -150,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="half-width (L2) of the boundary slices")
     for action in p._actions:
         if action.dest in PRESETS["default"]:
-            values = " / ".join(str(PRESETS[k][action.dest]) for k in ("default", "quick", "smoke"))
-            action.help += f" (default / --quick / --smoke: {values})"
+            values = " / ".join(str(PRESETS[k][action.dest]) for k in PRESET_ORDER)
+            action.help += f" (default / --full / --quick / --smoke: {values})"
     return p
 
 
@@ -164,7 +185,8 @@ def usable_cores() -> int:
 
 def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    preset = "smoke" if args.smoke else "quick" if args.quick else "default"
+    preset = ("full" if args.full else "smoke" if args.smoke else "quick" if args.quick
+              else "default")
     args.preset = preset
     for key, value in PRESETS[preset].items():
         if getattr(args, key) is None:
@@ -180,8 +202,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1")
     if args.jobs is None:
-        args.jobs = min(args.seeds, usable_cores())
-    args.jobs = max(1, min(args.jobs, args.seeds))
+        args.jobs = usable_cores()
+    # One task per seed trains, then one per seed and model attacks: more processes than
+    # attack tasks would idle.
+    args.jobs = max(1, min(args.jobs, args.seeds * len(zoo.row_names(args))))
     if args.save_models is None and not args.eval_only:
         args.save_models = os.path.join(args.out, "models")
     return args
@@ -218,40 +242,90 @@ def _slices_task(args, data: bytes, seed: int, models: bytes) -> bytes:
                                       seed))
 
 
-def _run_seeds(args, data: dict, say) -> list:
-    """Every seed's :class:`zoo.SeedResult`; with ``args.jobs > 1`` the trainings (one task
-    per seed) and the attacks (one task per seed and model) run in a pool of processes."""
+class _InProcess:
+    """Runs submitted tasks one at a time in this process, in submission order: the
+    ``--jobs 1`` stand-in for a process pool, so both run the same tasks in the same loop."""
+
+    def __init__(self):
+        self.queue = collections.deque()
+
+    def submit(self, fn, *args) -> Future:
+        future = Future()
+        self.queue.append((future, fn, args))
+        return future
+
+    def next_done(self, pending) -> set:
+        future, fn, args = self.queue.popleft()
+        future.set_result(fn(*args))
+        return {future}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.queue.clear()
+
+
+class _Pool(ProcessPoolExecutor):
+    def next_done(self, pending) -> set:
+        return wait(pending, return_when=FIRST_COMPLETED).done
+
+
+def _run_seeds(args, data: dict, progress: Progress) -> list:
+    """Every seed's :class:`zoo.SeedResult`.  Tasks: one training per seed, then one attack
+    task per seed and model (and the boundary slices of the first seed); with
+    ``args.jobs > 1`` they run in a pool of processes.  Each task seeds its own generators,
+    so the results do not depend on where or in which order the tasks ran."""
     seeds = [args.seed + i for i in range(args.seeds)]
     slices = not args.no_plots
+    rows = zoo.row_names(args)
+    # The overall progress replaces the tasks' own stage messages and bars.
+    task_args = copy.copy(args)
+    task_args.quiet, task_args.bars = True, False
+    n_train = len(data["xtr"])
     if args.jobs == 1:
-        return [zoo.run_seed(args, data, s, slices and i == 0) for i, s in enumerate(seeds)]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+        pool = _InProcess()
+    else:
+        import multiprocessing
 
-    say(f"{len(seeds)} trainings, then {len(seeds)} x {len(zoo.row_names(args))} attack "
-        f"tasks, in {args.jobs} processes")
+        pool = _Pool(args.jobs, mp_context=multiprocessing.get_context("spawn"))
+    progress.say(f"{len(seeds)} training(s), then {len(seeds)} x {len(rows)} attack tasks, in "
+                 f"{args.jobs} process(es)")
     full = _bytes(data)
     test = _bytes({k: data[k] for k in ("xe", "ye")})
-    trained, tasks, panels = {}, {}, None
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        training = {pool.submit(_train_task, args, full, s): s for s in seeds}
-        for done in as_completed(training):
-            seed = training[done]
-            trained[seed] = _unbytes(done.result())
-            models = trained[seed][0]
-            by_name = dict(models)
-            for i, (name, model) in enumerate(models):
-                pair = _bytes((model, zoo.transfer_source(name, by_name)))
-                tasks[seed, name] = pool.submit(_attack_task, args, test, seed, i, name, pair)
-            if slices and seed == seeds[0]:
-                panels = pool.submit(_slices_task, args, test, seed, _bytes(models))
-        out = []
-        for seed in seeds:
-            models, train_seconds = trained[seed]
-            rows = {name: _unbytes(tasks[seed, name].result()) for name, _ in models}
-            out.append(zoo.assemble(seed, models, rows, train_seconds))
-        if panels is not None:
-            out[0].slices, out[0].slice_label = _unbytes(panels.result())
+    trained, results, panels = {}, {}, None
+    with pool:
+        pending = {pool.submit(_train_task, task_args, full, s): ("train", s, None)
+                   for s in seeds}
+        while pending:
+            for future in pool.next_done(pending):
+                kind, seed, name = pending.pop(future)
+                if kind == "train":
+                    trained[seed] = _unbytes(future.result())
+                    models = trained[seed][0]
+                    by_name = dict(models)
+                    for i, (row, model) in enumerate(models):
+                        pair = _bytes((model, zoo.transfer_source(row, by_name)))
+                        task = pool.submit(_attack_task, task_args, test, seed, i, row, pair)
+                        pending[task] = ("attack", seed, row)
+                    if slices and seed == seeds[0]:
+                        task = pool.submit(_slices_task, task_args, test, seed, _bytes(models))
+                        pending[task] = ("slices", seed, None)
+                    progress.advance(training_cost(args, n_train), f"trained seed {seed}")
+                elif kind == "attack":
+                    results[seed, name] = _unbytes(future.result())
+                    progress.advance(attack_cost(args, noisy_row(name)),
+                                     f"attacked {name} (seed {seed})")
+                else:
+                    panels = _unbytes(future.result())
+                    progress.advance(slices_cost(args), "decision-boundary slices")
+    out = []
+    for seed in seeds:
+        models, train_seconds = trained[seed]
+        by_row = {name: results[seed, name] for name, _ in models}
+        out.append(zoo.assemble(seed, models, by_row, train_seconds))
+    if panels is not None:
+        out[0].slices, out[0].slice_label = panels
     return out
 
 
@@ -266,7 +340,7 @@ def run_demo(args) -> dict:
             print(f"[{time.time() - t_start:6.1f}s] {msg}", file=sys.stderr, flush=True)
 
     torch.set_num_threads(args.threads)
-    args.bars = not args.quiet and sys.stderr.isatty() and args.jobs == 1
+    args.bars = False  # one overall progress bar (below) instead of one per training stage
     device = torch.device(args.device)
     images, labels, data_desc = load_images(args.dataset)
     xtr, ytr, xte, yte = split(images, labels, args.test_fraction, args.seed)
@@ -275,10 +349,15 @@ def run_demo(args) -> dict:
     data = dict(xtr=xtr, ytr=ytr, xe=xte[:args.eval_size], ye=yte[:args.eval_size])
     data = {k: v.to(device) for k, v in data.items()}
     say(f"data: {data_desc}; {len(xtr)} train, {len(xte)} test, {len(data['xe'])} attacked; "
-        f"preset {args.preset}; {args.seeds} seeds; device {device}; {args.jobs} process(es) "
-        f"x {args.threads} thread(s)")
+        f"preset {args.preset}; {args.seeds} seed(s); device {device}; {args.jobs} "
+        f"process(es) x {args.threads} thread(s)")
 
-    seed_results = _run_seeds(args, data, say)
+    progress = Progress(run_cost(args, zoo.row_names(args), len(xtr)), enabled=not args.quiet,
+                        start=t_start)
+    try:
+        seed_results = _run_seeds(args, data, progress)
+    finally:
+        progress.close()
     specs = report.contrast_specs(args)
     result = dict(
         preset=args.preset, data=data_desc, seeds=[s.seed for s in seed_results],
@@ -313,7 +392,26 @@ def run_demo(args) -> dict:
         files += [zoo.models_path(args.save_models, s.seed) for s in seed_results]
     print(f"\nTime: {report.sections(result, False)['time']}.")
     print("Wrote:\n" + "\n".join(f"  {os.path.abspath(f)}" for f in files), flush=True)
+    if args.preset != "full" and not args.quiet:  # guidance, with the progress, on stderr
+        print("\n" + full_run_hint(args, result["seconds"], len(xtr)), file=sys.stderr,
+              flush=True)
     return result
+
+
+def full_run_hint(args, seconds: float, n_train: int) -> str:
+    """How to run the full reproduction, and how long it takes (measured, and estimated at
+    this run's pace from the work of each run)."""
+    full = parse_args(["--full", "--dataset", args.dataset, "--device", args.device])
+    rows = zoo.row_names(full)
+    ratio = run_cost(full, rows, FULL_TRAIN_SIZE) / run_cost(args, zoo.row_names(args), n_train)
+    # This run spread its work over args.jobs processes, the full run over full.jobs.
+    estimate = seconds * ratio * args.jobs / full.jobs / 60
+    return (f"This was the {args.preset} run: {args.seeds} training seed(s), {args.eval_size} "
+            f"attacked images. The full reproduction, from which the README and docs/demo.md "
+            f"tables come, trains {full.seeds} seeds and attacks {full.eval_size} images:\n"
+            f"    python -m anoise.demo --full\n"
+            f"It took {FULL_RUN_MINUTES} min on an idle 2-core machine; at this run's pace, "
+            f"about {estimate:.0f} min here.")
 
 
 def _figures(args, result: dict, first) -> list[str]:
