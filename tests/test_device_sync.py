@@ -124,16 +124,8 @@ def test_a_seed_on_another_device_is_a_clear_error(backend):
         torch.ops.anoise.forward_batch(x, alpha, torch.tensor([3]), 1e-5, True, backend)
 
 
-def _known_cpu_gap(device, backend):
-    if backend == "cpu":
-        return pytest.param(device, backend, marks=pytest.mark.xfail(
-            strict=True, reason="the cpu dx kernel computes dy + 0 * (x - mean), NaN for "
-            "x = +-Inf or NaN; its kernels are being rewritten for the new noise stream"))
-    return (device, backend)
-
-
 @pytest.mark.parametrize("device, backend", [
-    _known_cpu_gap(d, b) for d in DEVICES for b in usable_backends(d) if b != "reference"])
+    (d, b) for d in DEVICES for b in usable_backends(d) if b != "reference"])
 def test_zero_coefficient_gives_dy_exactly_with_inf_and_nan_in_x(device, backend):
     """Where ``coef_c = alpha_c G_c / (M sigma_c)`` is 0, ``dx = dy`` exactly, whatever ``x``
     holds: every backend returns the same gradient."""

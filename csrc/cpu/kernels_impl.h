@@ -260,7 +260,9 @@ inline void run_dx(const T* dy, int64_t ds, const T* x, int64_t xs, T* dx, int64
 #pragma omp simd
   for (int64_t l = 0; l < len; ++l) {
     const A k = coef[LANES ? l : 0], m = mean[LANES ? l : 0];
-    const A v = (A)to_float(dy[l * ds]) + k * ((A)to_float(x[l * xs]) - m);
+    const A d = (A)to_float(dy[l * ds]);
+    // A zero coefficient gives dy itself, also where x is +-Inf or NaN (0 * Inf is NaN).
+    const A v = k == A(0) ? d : d + k * ((A)to_float(x[l * xs]) - m);
     dx[l * os] = FromFloat<T>::conv(v);
   }
 }
@@ -387,6 +389,10 @@ void dx_task(const Geometry& g, View dv, View xv, View ov, const void* coef_, co
       return;
     }
     if constexpr (CONTIG && kIsFloat<T>) {
+      if (g.stream && coef[q.c] == 0) {
+        stream_run(op, q.len, dp, dp, dp, [&](vf d, vf, vf) { return d; });
+        return;
+      }
       if (g.stream) {
         const vf k = bc(coef[q.c]), m = bc(mean[q.c]);
         stream_run(op, q.len, dp, xp, xp, [&](vf d, vf xa, vf) { return madd(k, xa - m, d); });
