@@ -53,7 +53,7 @@ PRESETS = {
 PRESET_ORDER = ("default", "full", "quick", "smoke")
 # Wall clock of `python -m anoise.demo --full` on an otherwise idle 2-core machine (AMD EPYC,
 # 2 processes x 1 thread), the run whose results.json the docs' tables come from.
-FULL_RUN_MINUTES = 32
+FULL_RUN_MINUTES = 22
 FULL_TRAIN_SIZE = 4000  # the full run trains on every training image of the MNIST data
 
 
@@ -84,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--full", action="store_true",
                       help=f"the full reproduction: 3 training seeds, 1,000 attacked images "
-                      f"({FULL_RUN_MINUTES} min on an idle 2-core machine before APGD joined "
-                      "the suite); the docs' tables come from it")
+                      f"(about {FULL_RUN_MINUTES} min on an idle 2-core machine); the docs' "
+                      "tables come from it")
     size.add_argument("--quick", action="store_true",
                       help="smaller preset (fewer images, seeds, draws and steps)")
     size.add_argument("--smoke", action="store_true",
@@ -410,9 +410,8 @@ def full_run_hint(args, seconds: float, n_train: int) -> str:
             f"attacked images. The full reproduction, from which the README and docs/demo.md "
             f"tables come, trains {full.seeds} seeds and attacks {full.eval_size} images:\n"
             f"    python -m anoise.demo --full\n"
-            f"It took {FULL_RUN_MINUTES} min on an idle 2-core machine before APGD and the "
-            f"sanity checks joined the suite (the tables come from that run); at this run's "
-            f"pace, about {estimate:.0f} min here.")
+            f"It took {FULL_RUN_MINUTES} min on an idle 2-core machine; at this run's pace, "
+            f"about {estimate:.0f} min here.")
 
 
 def _figures(args, result: dict, first) -> list[str]:
