@@ -1,5 +1,6 @@
 """FSDP2 (``fully_shard``) on a student with a learnable scalar alpha: 2 gloo processes on CPU."""
 
+import gc
 import os
 import socket
 
@@ -55,6 +56,12 @@ def _run(rank, world, port, result_path):
         same = all(torch.equal(again[k], v) for k, v in state.items())
         if rank == 0:
             torch.save(dict(alphas=gathered, same=same, state=state), result_path)
+        # Free the sharded modules and let every rank finish before the group goes: a rank that
+        # tears gloo down while its peer still holds connections can abort ("terminate called
+        # without an active exception").
+        del model, fresh, optimizer
+        gc.collect()
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
