@@ -116,8 +116,21 @@ def resolve(backend: str, device: torch.device) -> str:
 
 @torch.compiler.assume_constant_result
 def resolve_for(backend: str, device_type: str) -> str:
-    """:func:`resolve` by device type; a constant to ``torch.compile`` (no import is traced)."""
-    return resolve(backend, torch.device(device_type))
+    """:func:`resolve` by device type; a constant to ``torch.compile`` (no import is traced).
+
+    Remembered per (backend, device type, ``TRITON_INTERPRET``), the only inputs of the
+    answer once a backend's module has been tried: every layer of every step asks.
+    """
+    if not isinstance(backend, str):
+        return resolve(backend, torch.device(device_type))  # raises the TypeError
+    key = (backend, device_type, os.environ.get("TRITON_INTERPRET"))
+    name = _RESOLVED.get(key)
+    if name is None:
+        name = _RESOLVED[key] = resolve(backend, torch.device(device_type))
+    return name
+
+
+_RESOLVED: dict[tuple, str] = {}
 
 
 def launcher(name: str):

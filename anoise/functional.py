@@ -199,6 +199,8 @@ def _seed_tensor(seed: int | None, x: Tensor) -> Tensor:
     captured in a CUDA graph (where host-to-device copies are not allowed).
     """
     if seed is None:
+        if _ops.plain_eager_call(x):  # the op's own computation, without its dispatch (~20 us)
+            return torch.empty((1,), dtype=torch.int64, device=x.device).random_()
         # From a detached x: the seed is no function of x, and drawing it from x itself would
         # give it an autograd node (an autograd.Function without setup_context or jvp, which
         # torch.func transforms and forward-mode AD refuse, and ~0.1 ms a call in backward).
@@ -223,16 +225,20 @@ def _update_running(running_var, num_batches_tracked, var, M, momentum):
         return
     if M <= 1:
         return
-    count = None if num_batches_tracked is None else num_batches_tracked + 1
-    if momentum is None:  # cumulative average; kept as a tensor so tracing needs no host sync
-        factor = 1.0 / count.to(running_var.dtype)
-    else:
-        factor = momentum
+    if momentum is not None:  # the same update in fewer ops (each ~3 us on a small tensor)
+        unbiased_scale = momentum * M / (M - 1)
+        running_var.copy_(torch.add(running_var * (1 - momentum),
+                                    var.detach().to(running_var.dtype), alpha=unbiased_scale))
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        return
+    # momentum None: the cumulative average (num_batches_tracked is then required); the factor
+    # is kept as a tensor so tracing needs no host sync.
+    count = num_batches_tracked + 1
+    factor = 1.0 / count.to(running_var.dtype)
     unbiased = var.detach().to(running_var.dtype) * (M / (M - 1))
-    new_var = running_var * (1 - factor) + unbiased * factor
-    running_var.copy_(new_var)
-    if count is not None:
-        num_batches_tracked.copy_(count)
+    running_var.copy_(running_var * (1 - factor) + unbiased * factor)
+    num_batches_tracked.copy_(count)
 
 
 def _update_running_symbolic(running_var, num_batches_tracked, var, M, momentum):

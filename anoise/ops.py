@@ -366,11 +366,31 @@ def _plain_eager(*tensors: Tensor) -> bool:
             and all(type(t) is Tensor for t in tensors))
 
 
-_EagerBatch = _function_twin(
-    "_EagerBatch", _forward_batch_impl, _forward_batch_setup,
-    _batch_backward((_backward_batch_impl, _noise_dot_impl)), _forward_batch_jvp)
-_EagerScaled = _function_twin("_EagerScaled", _forward_scaled_impl, _forward_scaled_setup,
-                              _scaled_backward(_noise_dot_impl), _forward_scaled_jvp)
+def plain_eager_call(*tensors: Tensor) -> bool:
+    """Whether a call on ``tensors`` is a plain eager one (nothing traces or transforms it)."""
+    return (not torch.compiler.is_compiling() and not _functorch_or_forward_ad()
+            and _plain_eager(*tensors))
+
+
+def _eager_twin(name, op, setup_context, backward):
+    """An ``autograd.Function`` computing ``op`` with the op's own backward, in the old style
+    (``forward`` takes ``ctx``): ``Function.apply`` then binds no signature (``inspect``,
+    about 20 us a call), which a ``setup_context`` Function needs only for ``torch.func``,
+    and ``torch.func`` never reaches these."""
+
+    def forward(ctx, *args):
+        out = op(*args)
+        setup_context(ctx, args, out)
+        return out
+
+    return type(name, (torch.autograd.Function,), {
+        "forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
+_EagerBatch = _eager_twin("_EagerBatch", _forward_batch_impl, _forward_batch_setup,
+                          _batch_backward((_backward_batch_impl, _noise_dot_impl)))
+_EagerScaled = _eager_twin("_EagerScaled", _forward_scaled_impl, _forward_scaled_setup,
+                           _scaled_backward(_noise_dot_impl))
 
 
 def noise_batch(x: Tensor, alpha: Tensor, seed: Tensor, eps: float, stats_grad: bool,

@@ -3,6 +3,7 @@
     python -m benchmarks.train_step [--device cpu|cuda] [--threads N] [--quick] [--json FILE]
                                     [--models resnet20,token,wide-cnn] [--no-compile]
                                     [--rounds R] [--batch B] [--profile MODEL]
+                                    [--allocator steady|default]
 
 One step is zero_grad, forward, cross-entropy, backward and an SGD (momentum) update.  For every
 model of :mod:`benchmarks.models` it times, interleaved round by round so that load from other
@@ -14,20 +15,27 @@ processes hits every variant alike:
 
 eagerly and under ``torch.compile`` (default mode).  Ratios are taken within each round (the
 variants' mean step of that round) and the median over rounds is reported, with the load
-average.  ``--quick``: 3 rounds of 2 steps, eager only (under a minute on a 2-core CPU; the
-compiles alone take minutes there).  ``--profile MODEL`` prints the torch.profiler table of
-the eager student's step instead.
+average.  glibc's heap is kept steady (``--allocator default``: as it comes; see
+:func:`steady_allocator` for why).  ``--quick``: 3 rounds of 2 steps, eager only (under a
+minute on a 2-core CPU; the compiles alone take minutes there).  ``--profile MODEL`` prints the
+torch.profiler table of the eager student's step instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+
+try:
+    import resource  # page faults (POSIX only)
+except ImportError:
+    resource = None
 
 # As in the benchmark suite (benchmarks/conftest.py): OpenMP threads that spin while they wait
 # stall every parallel region when another process holds a core.  Set before torch starts
@@ -76,16 +84,61 @@ def timed(step, device: torch.device, n: int) -> float:
     return (time.perf_counter() - t) / n
 
 
-def measure(steps: dict, device, rounds: int, per_round: int, warmup: int) -> dict:
-    for step in steps.values():  # warm up (and compile)
-        for _ in range(warmup):
-            step()
-    times = {name: [] for name in steps}
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
+
+
+class InProcess:
+    """``runner(n)``: ``n`` steps -> (seconds per step, page faults per step)."""
+
+    def __init__(self, step, device: torch.device):
+        self.step, self.device = step, device
+
+    def __call__(self, n: int) -> tuple[float, float]:
+        f = _faults()
+        t = timed(self.step, self.device, n)
+        return t, (_faults() - f) / n
+
+
+def steady_allocator() -> bool:
+    """Make glibc's allocator keep its heap (no trimming, blocks up to 32 MiB from the heap).
+
+    With its defaults, glibc returns the top of the heap to the system whenever more than a
+    few MB there are free, and the next step faults those pages back in.  Which model pays
+    depends on the heap's history, not on the model: measured on ResNet-20 (2 threads),
+    timed in one process the student took ~7,300 page faults and ~15 ms of system time a step
+    and its teacher none; each alone in a process, both fault (teacher ~7,000, student
+    ~1,200 to 7,000, varying with the run).  A steady heap times the models' own work.
+    Returns whether the settings were taken (False where there is no glibc).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    return bool(mallopt(m_trim_threshold, 2**31 - 1)) and bool(
+        mallopt(m_mmap_threshold, 32 * 2**20))
+
+
+def runners(spec: Spec, device: torch.device, compiled: bool, batch_size=None) -> dict:
+    """``{variant: runner}`` for the steps of :func:`variants`."""
+    return {k: InProcess(step, device)
+            for k, step in variants(spec, device, compiled, batch_size).items()}
+
+
+def measure(runs: dict, rounds: int, per_round: int, warmup: int) -> dict:
+    for run in runs.values():  # warm up (and compile)
+        run(warmup)
+    times = {name: [] for name in runs}
+    faults = {name: [] for name in runs}
     for _ in range(rounds):
-        for name, step in steps.items():
-            times[name].append(timed(step, device, per_round))
+        for name, run in runs.items():
+            t, f = run(per_round)
+            times[name].append(t)
+            faults[name].append(f)
     out = {"median_s": {k: statistics.median(v) for k, v in times.items()},
-           "min_s": {k: min(v) for k, v in times.items()}, "rounds": times}
+           "min_s": {k: min(v) for k, v in times.items()}, "rounds": times,
+           "page_faults_per_step": {k: statistics.median(v) for k, v in faults.items()}}
     t, s = times["teacher"], times["student"]
     out["student_over_teacher"] = statistics.median(b / a for a, b in zip(t, s, strict=True))
     if "no-batchnorm" in times:
@@ -141,6 +194,9 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=None,
                    help="batch size of every model (default: each model's own, 16 or 32)")
     p.add_argument("--profile", metavar="MODEL", help="print the eager student's profile")
+    p.add_argument("--allocator", choices=("steady", "default"), default="steady",
+                   help="steady (default): glibc keeps its heap, so no model pays page faults "
+                        "for another's (see steady_allocator); default: glibc as it comes")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -152,6 +208,7 @@ def main(argv=None) -> int:
     unknown = [m for m in names if m not in MODELS]
     if unknown:
         p.error(f"--models: unknown {unknown}; choose from {list(MODELS)}")
+    allocator = "steady" if args.allocator == "steady" and steady_allocator() else "default"
     if args.profile:
         if args.profile not in MODELS:
             p.error(f"--profile: unknown model {args.profile!r}; choose from {list(MODELS)}")
@@ -167,9 +224,9 @@ def main(argv=None) -> int:
         if not (args.no_compile or args.quick):
             modes.append("compiled")
         for mode in modes:
-            steps = variants(MODELS[name], device, compiled=mode == "compiled",
-                             batch_size=args.batch)
-            r = measure(steps, device, rounds, per_round, warmup=2)
+            runs = runners(MODELS[name], device, compiled=mode == "compiled",
+                           batch_size=args.batch)
+            r = measure(runs, rounds, per_round, warmup=2)
             r.update(model=name, mode=mode,
                      batch=args.batch or MODELS[name].input_shape[0])
             results.append(r)
@@ -180,6 +237,7 @@ def main(argv=None) -> int:
         gpu=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         cpu=platform.processor() or platform.machine(), torch=torch.__version__,
         cpu_isa=_cpu_isa(), omp_wait_policy=os.environ.get("OMP_WAIT_POLICY"), rounds=rounds,
+        allocator=allocator,
         steps_per_round=per_round,
         load_before=load_before[0], load_after=load_after[0],
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -187,7 +245,8 @@ def main(argv=None) -> int:
     )
     print(f"{meta['date']}, {device}, {meta['threads'] or meta['gpu']} threads/GPU, torch "
           f"{torch.__version__}, cpu isa {meta['cpu_isa']}; median of {rounds} interleaved "
-          f"rounds of {per_round} steps; load average {load_before[0]:.2f} -> "
+          f"rounds of {per_round} steps, {allocator} allocator; load average "
+          f"{load_before[0]:.2f} -> "
           f"{load_after[0]:.2f}; {meta['seconds']:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
@@ -200,6 +259,9 @@ def report_row(r: dict) -> None:
     parts = [f"{r['model']:<9} {r['mode']:<8}"]
     parts += [f"{k} {fmt_ms(v)}" for k, v in med.items()]
     parts.append(f"student/teacher {r['student_over_teacher']:.3f}x")
+    faults = r["page_faults_per_step"]
+    if any(faults.values()):
+        parts.append("page faults/step " + "/".join(f"{v:.0f}" for v in faults.values()))
     if r.get("noise_over_batchnorm") is not None:
         parts.append(f"noise {r['noise_cost_s'] * 1e3:.1f} ms vs BatchNorm "
                      f"{r['batchnorm_cost_s'] * 1e3:.1f} ms: {r['noise_over_batchnorm']:.2f}x")
