@@ -157,6 +157,15 @@ ANOISE_VINLINE vf select_sign(vi m, vf a, vf b) {
 #define ANOISE_BLEND_ODD 0, 5, 2, 7
 #endif
 
+// The low halves of the 64-bit lanes of a and b, as 32-bit lanes a0 b0 a1 b1 ...
+ANOISE_VINLINE vu pack_lo_lo(vq a, vq b) {
+#if ANOISE_SIMD == 512
+  return (vu)_mm512_mask_shuffle_epi32((__m512i)a, 0xAAAA, (__m512i)b, _MM_PERM_CDAB);
+#else
+  return __builtin_shufflevector((vu)a, (vu)(b << 32), ANOISE_BLEND_ODD);
+#endif
+}
+
 ANOISE_VINLINE vf zip_lo(vf a, vf b) { return __builtin_shufflevector(a, b, ANOISE_ZIP_LO); }
 ANOISE_VINLINE vf zip_hi(vf a, vf b) { return __builtin_shufflevector(a, b, ANOISE_ZIP_HI); }
 ANOISE_VINLINE vq iota_q() { return vq{ANOISE_IOTA_Q}; }
