@@ -1,4 +1,4 @@
-"""Tables and polynomial coefficients of the AVX-512 Box-Muller in csrc/cpu/philox.h.
+"""Tables and polynomial coefficients of the AVX-512 and AVX2 Box-Muller in csrc/cpu/philox.h.
 
     python tools/cpu_noise_tables.py
 
@@ -92,9 +92,29 @@ def sincos_part():
     return step, S, C, s3, c2, c4, es, ec, b
 
 
+def sincos8_part():
+    """AVX2: 8 entries (one vpermps), step 0.84f: k = round(t / step) <= 7, |r| <= 0.42."""
+    step = float(f32(0.84))
+    S = [float(f32(math.sin(k * step))) for k in range(8)]
+    C = [float(f32(math.cos(k * step))) for k in range(8)]
+    tmax = float(f32(f32(6.2831855) * f32(1 - 2**-24)))
+    assert round(tmax / step) <= 7 and tmax / step < 7.49
+    b = step / 2 * 1.002
+    s = minimax(lambda r: np.sin(r) / r - 1, [lambda r: r**2, lambda r: r**4], -b, b)
+    s3, s5 = float(f32(s[0])), float(f32(s[1]))
+    cc = minimax(lambda r: np.cos(r) - 1, [lambda r: r**2, lambda r: r**4, lambda r: r**6], -b, b)
+    c2, c4, c6 = (float(f32(v)) for v in cc)
+    r = np.linspace(-b, b, 200000)
+    es = np.max(np.abs(r + s3 * r**3 + s5 * r**5 - np.sin(r)))
+    ec = np.max(np.abs(1 + c2 * r**2 + c4 * r**4 + c6 * r**6 - np.cos(r)))
+    return step, S, C, (s3, s5), (c2, c4, c6), es, ec, b
+
+
 def table(name, vals):
-    rows = [", ".join(hexf(v) for v in vals[i:i + 4]) for i in range(0, 32, 4)]
-    return f"alignas(64) static constexpr float {name}[32] = {{\n    " + ",\n    ".join(rows) + "};"
+    n = len(vals)
+    rows = [", ".join(hexf(v) for v in vals[i:i + 4]) for i in range(0, n, 4)]
+    return (f"alignas({min(64, 4 * n)}) static constexpr float {name}[{n}] = {{\n    "
+            + ",\n    ".join(rows) + "};")
 
 
 def main():
@@ -108,6 +128,13 @@ def main():
     print(table("kSinTab", S))
     print(table("kCosTab", C))
     print(f"constexpr float kSinS3 = {hexf(s3)}, kCosC2 = {hexf(c2)}, kCosC4 = {hexf(c4)};")
+    step, S, C, s, c, es, ec, b = sincos8_part()
+    print(f"// AVX2 sincos: step {step!r}, |r| <= {b:.5f}, sin error {es:.3g}, cos error {ec:.3g}")
+    print(table("kSinTab8", S))
+    print(table("kCosTab8", C))
+    print(f"constexpr float kSin8S3 = {hexf(s[0])}, kSin8S5 = {hexf(s[1])};")
+    print(f"constexpr float kCos8C2 = {hexf(c[0])}, kCos8C4 = {hexf(c[1])}, "
+          f"kCos8C6 = {hexf(c[2])};")
 
 
 if __name__ == "__main__":

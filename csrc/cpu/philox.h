@@ -139,18 +139,15 @@ ANOISE_VINLINE vf uniform(vu w) {
 // -2 ln(x) for x in [1e-7, 1) (normal, positive): x = m * 2^e with m in [sqrt(1/2), sqrt(2))
 // split on the bits, then -2 ln(m) = f * P(f) with f = m - 1 (exact) and P a degree-7 minimax
 // fit in relative error (2.6e-7 in float32), so small radii keep their relative accuracy.
+constexpr float kLog2Poly[8] = {2.021369487e-1f,  -3.244514167e-1f, 3.450168073e-1f,
+                                -3.980033398e-1f, 4.993981719e-1f,  -6.667011976e-1f,
+                                1.000007272f,     -1.999999881f};
 ANOISE_VINLINE vf minus_2_log(vf x) {
   const vi i = (vi)x - 0x3F3504F3;  // bits relative to those of sqrt(1/2)
   const vi e = i >> 23;
   const vf f = (vf)((i & 0x007FFFFF) + 0x3F3504F3) - 1.0f;
-  vf p = bc(2.021369487e-1f);
-  p = madd(p, f, bc(-3.244514167e-1f));
-  p = madd(p, f, bc(3.450168073e-1f));
-  p = madd(p, f, bc(-3.980033398e-1f));
-  p = madd(p, f, bc(4.993981719e-1f));
-  p = madd(p, f, bc(-6.667011976e-1f));
-  p = madd(p, f, bc(1.000007272f));
-  p = madd(p, f, bc(-1.999999881f));
+  vf p = bc(kLog2Poly[0]);
+  for (int d = 1; d < 8; ++d) p = madd(p, f, bc(kLog2Poly[d]));
   return madd(to_vf(e), bc(-1.3862943611f), p * f);  // -2 ln 2 = -1.3862943611
 }
 
@@ -179,9 +176,8 @@ ANOISE_VINLINE void sincos_approx(vf t, vf& sin_t, vf& cos_t) {
   cos_t = (vf)((vu)select_sign((vi)odd, s, c) ^ sin_sign ^ odd);
 }
 
+// Tables and coefficients made by tools/cpu_noise_tables.py.
 #if ANOISE_SIMD == 512
-// AVX-512: log, sin and cos by 32-entry tables (two-source permutes) and short polynomials.
-// Made by tools/cpu_noise_tables.py.
 // log: |f| <= 0.01562, relative error of the polynomial 2.45e-07
 alignas(64) static constexpr float kLogRcp[32] = {
     0x1.f81f82p-1f, 0x1.e9131ap-1f, 0x1.dae608p-1f, 0x1.cd8568p-1f,
@@ -222,49 +218,106 @@ alignas(64) static constexpr float kCosTab[32] = {
     0x1.666568p-4f, 0x1.22785cp-2f, 0x1.dfc2dap-2f, 0x1.44f67ap-1f,
     0x1.8d16fap-1f, 0x1.c562d2p-1f, 0x1.eb9b72p-1f, 0x1.fe3ac4p-1f};
 constexpr float kSinS3 = -0x1.553102p-3f, kCosC2 = -0x1.fffffcp-2f, kCosC4 = 0x1.552cap-5f;
+#elif ANOISE_SIMD == 256
+// AVX2 sincos: step 0.8399999737739563, |r| <= 0.42084, sin error 1.83e-08, cos error 9.28e-10
+alignas(32) static constexpr float kSinTab8[8] = {
+    0x0p+0f, 0x1.7d41dcp-1f, 0x1.fcf33cp-1f, 0x1.2a274p-1f,
+    -0x1.bbc018p-3f, -0x1.be3f2cp-1f, -0x1.e4c4c8p-1f, -0x1.91c44ep-2f};
+alignas(32) static constexpr float kCosTab8[8] = {
+    0x1p+0f, 0x1.55bdbp-1f, -0x1.be68d6p-4f, -0x1.a03b3ep-1f,
+    -0x1.f3d63ap-1f, -0x1.f606f6p-2f, 0x1.49813p-2f, 0x1.d6f21ap-1f};
+constexpr float kSin8S3 = -0x1.5553eep-3f, kSin8S5 = 0x1.0f77d2p-7f;
+constexpr float kCos8C2 = -0x1.fffffep-2f, kCos8C4 = 0x1.555386p-5f, kCos8C6 = -0x1.69e214p-10f;
 #endif
 
-// Box-Muller on the pairs of the 32-bit lanes of wa (first words) and wb (second words):
-// r cos t and r sin t of each pair.
-ANOISE_VINLINE void box_muller(vu wa, vu wb, vf& n_cos, vf& n_sin) {
+// Box-Muller on the pairs of the 32-bit lanes of wa[q] (first words) and wb[q] (second words),
+// q < N: r cos t and r sin t of each pair.  The N vectors go in lockstep, one step for all of
+// them at a time, so that the out-of-order window holds several of the long dependency chains
+// (log, sqrt) at once.
+#define ANOISE_EACH(stmt)         \
+  for (int q = 0; q < N; ++q) {   \
+    stmt;                         \
+  }
+template <int N>
+ANOISE_VINLINE void box_muller_n(const vu* wa, const vu* wb, vf* n_cos, vf* n_sin) {
 #if ANOISE_SIMD == 512
   // -2 ln x for x = M 2^E, M in [1, 2): j = the top 5 bits of M's fraction, m = getmant(x) in
   // [0.75, 1.5) (M, or M / 2 for j >= 16), f = m * rcp_j - 1 with |f| <= 1/64, and
   // -2 ln x = E * (-2 ln 2) + T_j + f * P(f), T_j = 2 ln rcp_j (- 2 ln 2 for j >= 16).  For
   // j = 31 (x in [63/64, 1) 2^E) rcp = 1 and T = -2 ln 2 exactly: with E = -1 the first two
   // terms cancel exactly, so radii near 0 keep their relative accuracy.
-  const __m512 x = (__m512)vmax(uniform(wa), bc(kMinU1));
-  const __m512i j = _mm512_srli_epi32((__m512i)x, 18);
-  const __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_src);
-  const vf e = (vf)_mm512_getexp_ps(x);
-  const vf rcp = (vf)_mm512_permutex2var_ps(_mm512_load_ps(kLogRcp), j, _mm512_load_ps(kLogRcp + 16));
-  const vf tj = (vf)_mm512_permutex2var_ps(_mm512_load_ps(kLogT), j, _mm512_load_ps(kLogT + 16));
-  const vf f = madd((vf)m, rcp, bc(-1.0f));
-  const vf pf = madd(madd(f, bc(kLogA2), bc(kLogA1)), f, bc(kLogA0)) * f;
-  const vf radius = vsqrt(madd(e, bc(kLogT[31]), tj) + pf);
+  __m512 x[N], m[N];
+  __m512i j[N];
+  vf e[N], rcp[N], tj[N], f[N], radius[N];
+  ANOISE_EACH(x[q] = (__m512)vmax(uniform(wa[q]), bc(kMinU1)))
+  ANOISE_EACH(j[q] = _mm512_srli_epi32((__m512i)x[q], 18))
+  ANOISE_EACH(m[q] = _mm512_getmant_ps(x[q], _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_src))
+  ANOISE_EACH(e[q] = (vf)_mm512_getexp_ps(x[q]))
+  ANOISE_EACH(rcp[q] = (vf)_mm512_permutex2var_ps(_mm512_load_ps(kLogRcp), j[q],
+                                                   _mm512_load_ps(kLogRcp + 16)))
+  ANOISE_EACH(tj[q] = (vf)_mm512_permutex2var_ps(_mm512_load_ps(kLogT), j[q],
+                                                  _mm512_load_ps(kLogT + 16)))
+  ANOISE_EACH(f[q] = madd((vf)m[q], rcp[q], bc(-1.0f)))
+  ANOISE_EACH(radius[q] = madd(madd(f[q], bc(kLogA2), bc(kLogA1)), f[q], bc(kLogA0)) * f[q])
+  ANOISE_EACH(radius[q] = vsqrt(madd(e[q], bc(kLogT[31]), tj[q]) + radius[q]))
   // t = k * 0.2f + r exactly (k = round(t / 0.2f) in 0 .. 31, |r| <= 0.1002: one fma, exact
   // since r is a multiple of min(ulp(t), ulp(0.2f))), and sin, cos of k * 0.2f from tables:
   // sin t = sin(a) cos r + cos(a) sin r, cos t = cos(a) cos r - sin(a) sin r.
-  const vf t = uniform(wb) * kTwoPi;
+  constexpr float kStep = 0.2f;
+  const __m512 sin_lo = _mm512_load_ps(kSinTab), sin_hi = _mm512_load_ps(kSinTab + 16);
+  const __m512 cos_lo = _mm512_load_ps(kCosTab), cos_hi = _mm512_load_ps(kCosTab + 16);
+#define ANOISE_SIN_A(k) (vf)_mm512_permutex2var_ps(sin_lo, (__m512i)(k), sin_hi)
+#define ANOISE_COS_A(k) (vf)_mm512_permutex2var_ps(cos_lo, (__m512i)(k), cos_hi)
+#define ANOISE_SIN_R(r, z) madd((r) * (z), bc(kSinS3), r)
+#define ANOISE_COS_R(z) madd(madd(z, bc(kCosC4), bc(kCosC2)), z, bc(1.0f))
+#elif ANOISE_SIMD == 256
+  // AVX2: log as the baseline build; sin and cos as for AVX-512 from 8-entry tables (one
+  // vpermps each): t = k * 0.84f + r exactly, k in 0 .. 7, |r| <= 0.4205, degree-5 sin and
+  // degree-6 cos.
+  vf radius[N], f[N], p[N];
+  vi i[N];
+  ANOISE_EACH(radius[q] = vmax(uniform(wa[q]), bc(kMinU1)))
+  ANOISE_EACH(i[q] = (vi)radius[q] - 0x3F3504F3)  // minus_2_log, step by step
+  ANOISE_EACH(f[q] = (vf)((i[q] & 0x007FFFFF) + 0x3F3504F3) - 1.0f)
+  ANOISE_EACH(p[q] = madd(f[q], bc(kLog2Poly[0]), bc(kLog2Poly[1])))
+  for (int d = 2; d < 8; ++d) ANOISE_EACH(p[q] = madd(p[q], f[q], bc(kLog2Poly[d])))
+  ANOISE_EACH(radius[q] = vsqrt(madd(to_vf(i[q] >> 23), bc(-1.3862943611f), p[q] * f[q])))
+  constexpr float kStep = 0.84f;
+  const __m256 sin_a = _mm256_load_ps(kSinTab8), cos_a = _mm256_load_ps(kCosTab8);
+#define ANOISE_SIN_A(k) (vf)_mm256_permutevar8x32_ps(sin_a, (__m256i)(k))
+#define ANOISE_COS_A(k) (vf)_mm256_permutevar8x32_ps(cos_a, (__m256i)(k))
+#define ANOISE_SIN_R(r, z) madd((r) * (z), madd(z, bc(kSin8S5), bc(kSin8S3)), r)
+#define ANOISE_COS_R(z) \
+  madd(madd(madd(z, bc(kCos8C6), bc(kCos8C4)), z, bc(kCos8C2)), z, bc(1.0f))
+#endif
+#if ANOISE_SIMD >= 256
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const vf kf = madd(t, bc(5.0f), bc(kRound));
-  const __m512i k = (__m512i)kf;  // the low bits of kf's mantissa are k
-  const vf r = madd(kf - kRound, bc(-0.2f), t);
-  const vf z = r * r;
-  const vf sr = madd(r * z, bc(kSinS3), r);
-  const vf cr = madd(madd(z, bc(kCosC4), bc(kCosC2)), z, bc(1.0f));
-  const vf sa = radius * (vf)_mm512_permutex2var_ps(_mm512_load_ps(kSinTab), k, _mm512_load_ps(kSinTab + 16));
-  const vf ca = radius * (vf)_mm512_permutex2var_ps(_mm512_load_ps(kCosTab), k, _mm512_load_ps(kCosTab + 16));
-  n_cos = madd(ca, cr, -(sa * sr));
-  n_sin = madd(sa, cr, ca * sr);
+  vf kf[N], r[N], z[N], sr[N], cr[N], sa[N], ca[N];
+  ANOISE_EACH(r[q] = uniform(wb[q]) * kTwoPi)  // t
+  ANOISE_EACH(kf[q] = madd(r[q], bc(1.0f / kStep), bc(kRound)))  // k in the low mantissa bits
+  ANOISE_EACH(r[q] = madd(kf[q] - kRound, bc(-kStep), r[q]))
+  ANOISE_EACH(z[q] = r[q] * r[q])
+  ANOISE_EACH(sr[q] = ANOISE_SIN_R(r[q], z[q]))
+  ANOISE_EACH(cr[q] = ANOISE_COS_R(z[q]))
+  ANOISE_EACH(sa[q] = radius[q] * ANOISE_SIN_A(kf[q]))
+  ANOISE_EACH(ca[q] = radius[q] * ANOISE_COS_A(kf[q]))
+  ANOISE_EACH(n_cos[q] = madd(ca[q], cr[q], -(sa[q] * sr[q])))
+  ANOISE_EACH(n_sin[q] = madd(sa[q], cr[q], ca[q] * sr[q]))
+#undef ANOISE_SIN_A
+#undef ANOISE_COS_A
+#undef ANOISE_SIN_R
+#undef ANOISE_COS_R
 #else
-  const vf radius = vsqrt(minus_2_log(vmax(uniform(wa), bc(kMinU1))));
-  vf s, c;
-  sincos_approx(uniform(wb) * kTwoPi, s, c);
-  n_cos = radius * c;
-  n_sin = radius * s;
+  for (int q = 0; q < N; ++q) {
+    const vf radius = vsqrt(minus_2_log(vmax(uniform(wa[q]), bc(kMinU1))));
+    vf s, c;
+    sincos_approx(uniform(wb[q]) * kTwoPi, s, c);
+    n_cos[q] = radius * c;
+    n_sin[q] = radius * s;
+  }
 #endif
 }
+#undef ANOISE_EACH
 
 // One draw of the groups in the lanes of g: words, uniforms and normals.  Lane order of the
 // 32-bit vectors: a pair per lane, pairs (u0, u1) and (u2, u3) of group 0, then of group 1, ...
@@ -280,7 +333,7 @@ ANOISE_VINLINE Draw draw(vq g, const Key& key) {
   const vu wa = pack_pair(d.w[0], d.w[2]), wb = pack_lo_lo(d.w[1], d.w[3]);
   d.ua = uniform(wa);
   d.ub = uniform(wb);
-  box_muller(wa, wb, d.n_cos, d.n_sin);
+  box_muller_n<1>(&wa, &wb, &d.n_cos, &d.n_sin);
   return d;
 }
 
@@ -291,6 +344,15 @@ ANOISE_VINLINE Draw draw(vq g, const Key& key) {
 // 1.2x the throughput of whole draws; more chains spill registers).
 constexpr int kStage = 16;
 constexpr int kPhiloxChains = 4;
+// Box-Muller vectors in lockstep (box_muller_n): measured on Zen 4, AVX2's longer chains (the
+// degree-7 log) gain 1.08x from 4, AVX-512's short ones nothing (1 is best).
+#if ANOISE_SIMD == 512
+constexpr int kBoxMullerWidth = 1;
+#elif ANOISE_SIMD == 256
+constexpr int kBoxMullerWidth = 4;
+#else
+constexpr int kBoxMullerWidth = 2;
+#endif
 
 // out[0 .. 4 * ngroups) = the normals of groups g0, g0 + 1, ... (element indices 4 * g0 ...).
 ANOISE_VINLINE void fill_groups(float* out, uint64_t g0, int64_t ngroups, const Key& key) {
@@ -327,15 +389,23 @@ ANOISE_VINLINE void fill_groups(float* out, uint64_t g0, int64_t ngroups, const 
     }
     float* o = out + 4 * j;
     int64_t v = 0;
+    for (; v + kBoxMullerWidth <= full; v += kBoxMullerWidth) {
+      vf c[kBoxMullerWidth], s[kBoxMullerWidth];
+      box_muller_n<kBoxMullerWidth>(wa + v, wb + v, c, s);
+      for (int q = 0; q < kBoxMullerWidth; ++q, o += 2 * kLanes) {
+        storef(o, zip_lo(c[q], s[q]));
+        storef(o + kLanes, zip_hi(c[q], s[q]));
+      }
+    }
     for (; v < full; ++v, o += 2 * kLanes) {
       vf c, s;
-      box_muller(wa[v], wb[v], c, s);
+      box_muller_n<1>(&wa[v], &wb[v], &c, &s);
       storef(o, zip_lo(c, s));
       storef(o + kLanes, zip_hi(c, s));
     }
     if (v < nv) {  // the last, partial draw
       vf c, s;
-      box_muller(wa[v], wb[v], c, s);
+      box_muller_n<1>(&wa[v], &wb[v], &c, &s);
       float tmp[2 * kLanes];
       storef(tmp, zip_lo(c, s));
       storef(tmp + kLanes, zip_hi(c, s));
