@@ -340,17 +340,19 @@ ANOISE_VINLINE Draw draw(vq g, const Key& key) {
 // fill_groups works in stages of kStage draws: Philox for all of them into a small buffer, then
 // Box-Muller.  A whole draw is one chain of about 140 cycles of dependent instructions, too long
 // for the out-of-order window to overlap many; the stages' shorter loop bodies, with
-// kPhiloxChains independent Philox calls interleaved, keep more of them in flight (on Zen 3,
-// 1.2x the throughput of whole draws; more chains spill registers).
+// kPhiloxChains independent Philox calls interleaved and kBoxMullerWidth Box-Muller vectors in
+// lockstep (box_muller_n), keep more of them in flight.  The kernels_<isa>.cpp files also turn
+// on gcc's scheduling before register allocation, which interleaves those chains' instructions
+// (x86 builds leave it off by default).  Widths measured on Zen 4 (1M normals, one thread).
 constexpr int kStage = 16;
-constexpr int kPhiloxChains = 4;
-// Box-Muller vectors in lockstep (box_muller_n): measured on Zen 4, AVX2's longer chains (the
-// degree-7 log) gain 1.08x from 4, AVX-512's short ones nothing (1 is best).
 #if ANOISE_SIMD == 512
-constexpr int kBoxMullerWidth = 1;
+constexpr int kPhiloxChains = 8;
+constexpr int kBoxMullerWidth = 2;
 #elif ANOISE_SIMD == 256
+constexpr int kPhiloxChains = 4;
 constexpr int kBoxMullerWidth = 4;
 #else
+constexpr int kPhiloxChains = 4;
 constexpr int kBoxMullerWidth = 2;
 #endif
 
@@ -372,7 +374,7 @@ ANOISE_VINLINE void fill_groups(float* out, uint64_t g0, int64_t ngroups, const 
       vq p = mul_lo32(iota_q() + first, vq{} + (uint64_t)kPhiloxRoundA);
       int64_t v = 0;
       for (; v + kPhiloxChains <= nv; v += kPhiloxChains) {
-#pragma GCC unroll 4
+#pragma GCC unroll 8
         for (int u = 0; u < kPhiloxChains; ++u) {
           philox_run(p, rc, key, wa[v + u], wb[v + u]);
           p += step;
