@@ -7,11 +7,24 @@
 // themselves.  The words are then packed into 32-bit lanes as Box-Muller pairs,
 // a = [u0, u2] and b = [u1, u3] of each group, and one log, sqrt, sin and cos serve both normals
 // of a pair.  Zipping the cos and sin results gives the groups' normals in element order.
+// fill_groups, the kernels' path, takes rounds 0 and 1 out as constants where a stage's groups
+// share their high word (philox_run) and forms the last round straight into pairs.
 //
-// log, sin and cos are polynomial approximations (a minimax fit, Cephes' sinf, cosf); words and
-// uniforms are exact, normals are within about 1e-6 of the stream evaluated in float64
-// (benchmarks/cpu_noise_error.py measures it).  No standard headers are included: these
-// inline functions are compiled once per instruction set (see kernels_impl.h).
+// Words and uniforms are exact; log, sin and cos are approximations, per build:
+//   baseline (SSE2): -2 ln u by a degree-7 minimax polynomial, sin and cos by quadrant
+//     reduction and Cephes' sinf / cosf polynomials;
+//   AVX2: the same log; sin and cos of t = k * 0.84f + r (exact) from 8-entry tables of
+//     sin, cos(k * 0.84f) and degree-5 / degree-6 minimax polynomials in r;
+//   AVX-512: -2 ln u from 32-entry tables (getmant / getexp, |f| <= 1/64, degree-3
+//     polynomial), sin and cos of t = k * 0.2f + r from 32-entry tables and degree-3 / degree-4
+//     polynomials (tools/cpu_noise_tables.py makes the tables and fits).
+// Each approximation's own error is below 3e-7 relative (log) and 2e-8 absolute (sin, cos), so
+// the normals' error is mostly float32 rounding: over 1e8 draws (benchmarks/cpu_noise_error.py)
+// the worst is 7.8e-7 / 8.5e-7 / 8.8e-7 absolute for baseline / AVX2 / AVX-512, at most 0.025 of
+// the SPEC bound 1e-5 + 1e-5 |eps|.  The builds may differ from each other in the last bits, but
+// within a build draw() and fill_groups() give the same bits (the tests check it).  No standard
+// headers are included: these inline functions are compiled once per instruction set (see
+// kernels_impl.h).
 #pragma once
 
 #include "simd.h"

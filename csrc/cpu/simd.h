@@ -115,8 +115,8 @@ ANOISE_VINLINE vf vmax(vf a, vf b) {
 #endif
 }
 
-// a * b + c, fused where the instruction set has FMA (the AVX2 and AVX-512 builds), so those two
-// builds give identical bits and the baseline build may differ in the last place.
+// a * b + c, fused where the instruction set has FMA (the AVX2 and AVX-512 builds; the noise
+// generator's approximations differ between builds anyway, see philox.h).
 ANOISE_VINLINE vf madd(vf a, vf b, vf c) {
 #if ANOISE_SIMD == 512
   return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
