@@ -332,8 +332,9 @@ ANOISE_VINLINE void box_muller_n(const vu* wa, const vu* wb, vf* n_cos, vf* n_si
 }
 #undef ANOISE_EACH
 
-// One draw of the groups in the lanes of g: words, uniforms and normals.  Lane order of the
-// 32-bit vectors: a pair per lane, pairs (u0, u1) and (u2, u3) of group 0, then of group 1, ...
+// One draw of the groups in the lanes of g: words, uniforms and normals.  The group in 64-bit
+// lane q has its pairs (u0, u1) and (u2, u3) in 32-bit lanes 2q and 2q + 1; zip_lo then zip_hi
+// give the normals of the group in lane kLaneOf[0] first, then kLaneOf[1], ... (see simd.h).
 struct Draw {
   vq w[4];
   vf ua, ub;        // first and second uniform of each pair
