@@ -4,6 +4,11 @@
 #include <stdint.h>     // for AVX-512
 
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c,bmi2")
+// Scheduling before register allocation (off by default on x86): it interleaves the noise
+// generator's independent dependency chains, 1.1-1.2x its throughput (benchmarks/RESULTS.md).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("schedule-insns", "sched-pressure")
+#endif
 #define ANOISE_ISA avx512
 #define ANOISE_ISA_NAME "avx512"
 #define ANOISE_SIMD 512

@@ -3,6 +3,11 @@
 #include <emmintrin.h>
 #endif
 
+// Scheduling before register allocation, as in kernels_avx512.cpp.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("schedule-insns", "sched-pressure")
+#endif
+
 #define ANOISE_ISA baseline
 #define ANOISE_ISA_NAME "baseline"
 #define ANOISE_SIMD 128

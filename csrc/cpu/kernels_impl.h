@@ -493,7 +493,7 @@ void randn(float* out, int64_t n, uint64_t i0, uint64_t istep, uint64_t seed) {
     int64_t groups[kQuads];
     for (int64_t l = 0; l < kQuads; ++l) {
       idx[l] = i0 + (uint64_t)(j + (l < m ? l : 0)) * istep;
-      groups[l] = (int64_t)(idx[l] >> 2);
+      groups[kLaneOf[l]] = (int64_t)(idx[l] >> 2);
     }
     const Draw d = draw(loadq(groups), key);
     float z[2 * kLanes];
@@ -509,7 +509,7 @@ void draw_at(const int64_t* groups, int64_t n, uint64_t seed, int64_t* words, fl
   for (int64_t j = 0; j < n; j += kQuads) {
     const int64_t m = imin(kQuads, n - j);
     int64_t g[kQuads] = {};
-    for (int64_t l = 0; l < m; ++l) g[l] = groups[j + l];
+    for (int64_t l = 0; l < m; ++l) g[kLaneOf[l]] = groups[j + l];
     const Draw d = draw(loadq(g), key);
     float u[2 * kLanes], z[2 * kLanes];
     storef(u, zip_lo(d.ua, d.ub));
@@ -518,7 +518,7 @@ void draw_at(const int64_t* groups, int64_t n, uint64_t seed, int64_t* words, fl
     storef(z + kLanes, zip_hi(d.n_cos, d.n_sin));
     for (int64_t l = 0; l < m; ++l)
       for (int k = 0; k < 4; ++k) {
-        words[4 * (j + l) + k] = (int64_t)(d.w[k][l] & 0xFFFFFFFFull);
+        words[4 * (j + l) + k] = (int64_t)(d.w[k][kLaneOf[l]] & 0xFFFFFFFFull);
         rand4[4 * (j + l) + k] = u[4 * l + k];
         randn4[4 * (j + l) + k] = z[4 * l + k];
       }

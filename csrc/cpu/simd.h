@@ -115,8 +115,8 @@ ANOISE_VINLINE vf vmax(vf a, vf b) {
 #endif
 }
 
-// a * b + c, fused where the instruction set has FMA (the AVX2 and AVX-512 builds), so those two
-// builds give identical bits and the baseline build may differ in the last place.
+// a * b + c, fused where the instruction set has FMA (the AVX2 and AVX-512 builds; the noise
+// generator's approximations differ between builds anyway, see philox.h).
 ANOISE_VINLINE vf madd(vf a, vf b, vf c) {
 #if ANOISE_SIMD == 512
   return (vf)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
@@ -139,23 +139,40 @@ ANOISE_VINLINE vf select_sign(vi m, vf a, vf b) {
 #endif
 }
 
-// zip: interleave the lanes of a and b: lo = a0 b0 a1 b1 ... (first half), hi = the second half.
+// zip: interleave the lanes of a and b within each 128-bit block (one unpack instruction each,
+// none crossing blocks): lo = a0 b0 a1 b1 of every block, hi = a2 b2 a3 b3 of every block.  A
+// 64-bit lane q of a vector of pairs, zipped, lands in block q / 2 of lo (q even) or of hi (q
+// odd); so the draws put consecutive groups in the 64-bit lanes in the order iota_q (group
+// g0 + l in lane kLaneOf[l]), and the two zipped vectors hold the normals in element order.
 #if ANOISE_SIMD == 512
-#define ANOISE_ZIP_LO 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23
-#define ANOISE_ZIP_HI 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31
-#define ANOISE_IOTA_Q 0, 1, 2, 3, 4, 5, 6, 7
+#define ANOISE_ZIP_LO 0, 16, 1, 17, 4, 20, 5, 21, 8, 24, 9, 25, 12, 28, 13, 29
+#define ANOISE_ZIP_HI 2, 18, 3, 19, 6, 22, 7, 23, 10, 26, 11, 27, 14, 30, 15, 31
+#define ANOISE_IOTA_Q 0, 4, 1, 5, 2, 6, 3, 7
+#define ANOISE_LANE_OF 0, 2, 4, 6, 1, 3, 5, 7
 #define ANOISE_BLEND_ODD 0, 17, 2, 19, 4, 21, 6, 23, 8, 25, 10, 27, 12, 29, 14, 31
 #elif ANOISE_SIMD == 256
-#define ANOISE_ZIP_LO 0, 8, 1, 9, 2, 10, 3, 11
-#define ANOISE_ZIP_HI 4, 12, 5, 13, 6, 14, 7, 15
-#define ANOISE_IOTA_Q 0, 1, 2, 3
+#define ANOISE_ZIP_LO 0, 8, 1, 9, 4, 12, 5, 13
+#define ANOISE_ZIP_HI 2, 10, 3, 11, 6, 14, 7, 15
+#define ANOISE_IOTA_Q 0, 2, 1, 3
+#define ANOISE_LANE_OF 0, 2, 1, 3
 #define ANOISE_BLEND_ODD 0, 9, 2, 11, 4, 13, 6, 15
 #else
 #define ANOISE_ZIP_LO 0, 4, 1, 5
 #define ANOISE_ZIP_HI 2, 6, 3, 7
 #define ANOISE_IOTA_Q 0, 1
+#define ANOISE_LANE_OF 0, 1
 #define ANOISE_BLEND_ODD 0, 5, 2, 7
 #endif
+constexpr int kLaneOf[kQuads] = {ANOISE_LANE_OF};
+
+// The low halves of the 64-bit lanes of a and b, as 32-bit lanes a0 b0 a1 b1 ...
+ANOISE_VINLINE vu pack_lo_lo(vq a, vq b) {
+#if ANOISE_SIMD == 512
+  return (vu)_mm512_mask_shuffle_epi32((__m512i)a, 0xAAAA, (__m512i)b, _MM_PERM_CDAB);
+#else
+  return __builtin_shufflevector((vu)a, (vu)(b << 32), ANOISE_BLEND_ODD);
+#endif
+}
 
 ANOISE_VINLINE vf zip_lo(vf a, vf b) { return __builtin_shufflevector(a, b, ANOISE_ZIP_LO); }
 ANOISE_VINLINE vf zip_hi(vf a, vf b) { return __builtin_shufflevector(a, b, ANOISE_ZIP_HI); }
