@@ -7,6 +7,8 @@ launchers of the interface (see :mod:`anoise.backends`) also take a keyword-only
 ``randn(seed, index_base + i)``, so a rank draws the noise of its slice of a global batch
 (a negative base raises ValueError).  Besides those it exposes:
 
+    eager_batch(x, alpha, seed, eps, stats_grad) -> (y, mean, var)   # forward_batch as one
+        # autograd node in C++ (x of shape (N, C, *S)), for plain eager calls
     randn(numel, seed) -> float32 tensor   # eps for logical indices 0 .. numel-1
     draw_at(offsets, seed) -> (words, rand, randn)   # test hook: the stream at int64 offsets
     randn_range(start, count, step, seed)  # test hook: the kernels' vectorised noise path
@@ -23,6 +25,7 @@ forward_batch = _ext.forward_batch
 forward_scaled = _ext.forward_scaled
 backward_batch = _ext.backward_batch
 noise_dot = _ext.noise_dot
+eager_batch = _ext.eager_batch
 randn = _ext.randn
 randn_range = _ext.randn_range
 draw_at = _ext.draw_at

@@ -399,6 +399,10 @@ def noise_batch(x: Tensor, alpha: Tensor, seed: Tensor, eps: float, stats_grad: 
     if _functorch_or_forward_ad():
         return _ForwardBatch.apply(x, alpha, seed, eps, stats_grad, backend)
     if not torch.compiler.is_compiling() and _plain_eager(x, alpha, seed):
+        # A backend may offer the whole autograd node natively (the cpu one does, in C++).
+        native = getattr(_backends.launcher(backend), "eager_batch", None)
+        if native is not None:
+            return native(x, alpha, seed, eps, stats_grad)
         return _EagerBatch.apply(x, alpha, seed, eps, stats_grad, backend)
     return forward_batch(x, alpha, seed, eps, stats_grad, backend)
 

@@ -67,6 +67,12 @@ class _Spy:
                 spy.seen.append(x3)
                 return real_launcher.forward_batch(x3, *args, **kwargs)
 
+            if hasattr(real_launcher, "eager_batch"):  # takes x as the launchers' 3-D view
+
+                def eager_batch(self, x, *args, **kwargs):
+                    spy.seen.append(x)
+                    return real_launcher.eager_batch(x, *args, **kwargs)
+
         monkeypatch.setattr(_backends, "launcher", lambda name: Launcher())
 
 

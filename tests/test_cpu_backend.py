@@ -744,3 +744,32 @@ def test_d_alpha_float32_with_heavy_cancellation():
     AF.adaptive_noise(x, alpha, seed=SEED, backend="cpu").backward(dy)
     sigma = torch.sqrt(x.double().var(dims, unbiased=False) + 1e-5)
     assert_close_to_reference(alpha.grad, sigma * terms.sum(dims), torch.float32)
+
+
+@pytest.mark.skipif(NO_COMPILER is not None, reason=f"no compiler: {NO_COMPILER}")
+@pytest.mark.parametrize("stats_grad", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_native_eager_node_equals_the_python_one(dtype, stats_grad):
+    """The cpu backend's autograd node in C++ (plain eager calls) gives the bits of the Python
+    autograd.Function over the same launchers: outputs, both gradients, and the refusal of a
+    second derivative."""
+    from anoise import _cpu, ops
+
+    sdtype = torch.float64 if dtype == torch.float64 else torch.float32
+    x = torch.randn(3, 7, 13, 5, dtype=dtype, requires_grad=True)
+    alpha = torch.linspace(0.1, 0.7, 7, dtype=sdtype).requires_grad_()
+    seed = torch.tensor([0x5EED], dtype=torch.int64)
+    dy = torch.randn_like(x)
+    native = _cpu.eager_batch(x, alpha, seed, 1e-5, stats_grad)
+    python = ops._EagerBatch.apply(x, alpha, seed, 1e-5, stats_grad, "cpu")
+    assert type(native[0].grad_fn).__name__ != type(python[0].grad_fn).__name__
+    for a, b in zip(native, python, strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(torch.autograd.grad(native[0], (x, alpha), dy),
+                    torch.autograd.grad(python[0], (x, alpha), dy), strict=True):
+        assert torch.equal(a, b)
+    y = _cpu.eager_batch(x, alpha, seed, 1e-5, stats_grad)[0]
+    gx, ga = torch.autograd.grad((y * y).sum(), (x, alpha), create_graph=True)
+    with pytest.raises(RuntimeError, match="second derivatives"):
+        (gx.sum() + ga.sum()).backward()
+    y.relu_()  # an output of its own, not a view: in-place ops are allowed

@@ -414,6 +414,101 @@ std::tuple<at::Tensor, at::Tensor> backward_batch(const at::Tensor& dy3, const a
   return {dx, gsum};
 }
 
+// ---- plain eager training calls: one autograd node in C++ -------------------------------------
+//
+// The same formulas as anoise/ops.py's forward_batch autograd (SPEC section 2), for eager calls
+// that nothing traces or transforms: forward and backward then run without Python (the
+// Python autograd.Function costs ~0.1 ms of interpreter time per layer and step, as much as
+// a small layer's kernels).  Backward, for y = x + alpha_c sigma_c eps:
+//   G_c = sum(dy * eps) over channel c (the noise regenerated from the seed),
+//   dalpha_c = sigma_c G_c,
+//   dx = dy + alpha_c G_c (x - mean_c) / (M sigma_c)   with stats_grad (backward_batch),
+//   dx = dy                                             without (sigma is then a constant).
+
+constexpr const char* kNoSecondOrder =
+    "anoise: second derivatives (differentiating a gradient that flowed through an adaptive "
+    "noise layer) are not implemented";
+
+// Identity on a gradient the kernels computed from the sources: differentiating it raises.
+struct FirstOrderOnly : public torch::autograd::Function<FirstOrderOnly> {
+  static at::Tensor forward(torch::autograd::AutogradContext*, const at::Tensor& grad,
+                            const at::Tensor&, const at::Tensor&, const at::Tensor&) {
+    return grad.view_as(grad);
+  }
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext*,
+                                                 torch::autograd::variable_list) {
+    TORCH_CHECK(false, kNoSecondOrder);
+  }
+};
+
+// grad itself, or (when backward is differentiated: create_graph=True) marked as above.
+at::Tensor first_order_only(const at::Tensor& grad, const at::Tensor& a, const at::Tensor& b,
+                            const at::Tensor& c) {
+  const auto needs = [](const at::Tensor& t) { return t.defined() && t.requires_grad(); };
+  if (!at::GradMode::is_enabled() || !(needs(a) || needs(b) || needs(c))) return grad;
+  // A custom function takes no undefined input: an absent source is replaced by grad itself.
+  const auto or_grad = [&](const at::Tensor& t) { return t.defined() ? t : grad; };
+  return FirstOrderOnly::apply(grad, or_grad(a), or_grad(b), or_grad(c));
+}
+
+at::Tensor view3d(const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.dim() >= 2, "x must have at least 2 dims (N, C, *S), got shape ",
+                    t.sizes());
+  return t.reshape({t.size(0), t.size(1), -1});
+}
+
+struct EagerBatch : public torch::autograd::Function<EagerBatch> {
+  static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx,
+                                                const at::Tensor& x, const at::Tensor& alpha,
+                                                const at::Tensor& seed, double eps,
+                                                bool stats_grad) {
+    auto [y3, mean, var] = forward_batch(view3d(x), alpha, seed, eps, 0);
+    // A tensor of its own rather than a view of y3: autograd forbids in-place ops (relu_) on
+    // a view that a custom function returns.
+    at::Tensor y = y3.reshape(x.sizes()).detach();
+    ctx->save_for_backward({stats_grad ? x : at::Tensor(), alpha, mean, var, seed});
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["stats_grad"] = stats_grad;
+    ctx->mark_non_differentiable({mean, var});
+    return {y, mean, var};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &alpha = saved[1], &mean = saved[2], &var = saved[3],
+                     &seed = saved[4];
+    const bool stats_grad = ctx->saved_data["stats_grad"].toBool();
+    const bool need_x = ctx->needs_input_grad(0), need_alpha = ctx->needs_input_grad(1);
+    const at::Tensor& dy = grads[0];
+    at::Tensor dx, dalpha;
+    if (!dy.defined() || !(need_x || need_alpha)) return {dx, dalpha, {}, {}, {}};
+    at::Tensor sigma, g;
+    {
+      at::NoGradGuard no_grad;
+      sigma = (var + ctx->saved_data["eps"].toDouble()).sqrt();
+      if (need_x && stats_grad) {
+        auto [dx3, g3] = backward_batch(view3d(dy), view3d(x), alpha, mean, sigma, seed, 0);
+        dx = dx3.reshape(dy.sizes());
+        g = g3;
+      } else if (need_alpha) {
+        g = noise_dot(view3d(dy), seed, 0);
+      }
+    }
+    if (need_x) dx = stats_grad ? first_order_only(dx, dy, x, alpha) : dy;
+    if (need_alpha) dalpha = sigma * first_order_only(g, dy, x, alpha);
+    return {dx, dalpha, {}, {}, {}};
+  }
+};
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> eager_batch(const at::Tensor& x,
+                                                           const at::Tensor& alpha,
+                                                           const at::Tensor& seed, double eps,
+                                                           bool stats_grad) {
+  const auto out = EagerBatch::apply(x, alpha, seed, eps, stats_grad);
+  return {out[0], out[1], out[2]};
+}
+
 // eps for logical indices 0 .. numel-1 (the noise alone, for benchmarks and tests).
 at::Tensor randn(int64_t numel, const at::Tensor& seed) {
   TORCH_CHECK_VALUE(numel >= 0, "numel must be >= 0, got ", numel);
@@ -494,6 +589,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("index_base") = 0);
   m.def("noise_dot", &ac::noise_dot, release(), py::arg("dy3"), py::arg("seed"), py::kw_only(),
         py::arg("index_base") = 0);
+  m.def("eager_batch", &ac::eager_batch, release(), py::arg("x"), py::arg("alpha"),
+        py::arg("seed"), py::arg("eps"), py::arg("stats_grad"),
+        "forward_batch as one autograd node (plain eager calls; x of shape (N, C, *S))");
   m.def("randn", &ac::randn, release(), py::arg("numel"), py::arg("seed"));
   m.def("randn_range", &ac::randn_range, release(), py::arg("start"), py::arg("count"),
         py::arg("step"), py::arg("seed"));
