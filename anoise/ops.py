@@ -357,7 +357,9 @@ def _functorch_or_forward_ad() -> bool:
 # transforms the call (no torch.compile / export, no dispatch or function mode, no functorch
 # transform, no forward AD) and every tensor is a plain torch.Tensor, the same formulas run
 # through a lean autograd.Function that calls the launchers directly; everything else keeps the
-# ops.
+# ops.  A backend may go further and offer the whole autograd node natively (``eager_batch``:
+# the cpu backend's is C++, so a training step's forward and backward of a noise layer run no
+# Python at all past the functional layer).
 
 
 def _plain_eager(*tensors: Tensor) -> bool:
