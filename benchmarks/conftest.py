@@ -187,6 +187,9 @@ def environment_info(device: torch.device) -> dict:
 
 
 def pytest_configure(config):
+    # Every row is timed with glibc's heap kept steady: with its defaults, which row pays the
+    # page faults of a trimmed and regrown heap depends on what ran before it.
+    config._anoise_allocator = "steady" if common.steady_allocator() else "default"
     config._anoise_skips = []
     config._anoise_load_at_start = [round(v, 2) for v in os.getloadavg()]
     config._anoise_t0 = time.monotonic()
@@ -224,5 +227,6 @@ def pytest_benchmark_update_json(config, benchmarks, output_json):
         "skipped": config._anoise_skips,
         "compile_probe_s": getattr(config, "_anoise_compile_probe_s", None),
         "load_average_at_start": config._anoise_load_at_start,
+        "allocator": config._anoise_allocator,
         "bytes_passes": common.PASSES,
     }

@@ -196,7 +196,8 @@ def header(data: dict, note: str | None) -> list[str]:
     if env.get("load_average") is not None:
         lines.append(f"- Load average (1, 5, 15 min) at the start: "
                      f"{meta.get('load_average_at_start')}, at the end: {env['load_average']}; "
-                     f"OMP_WAIT_POLICY={env.get('omp_wait_policy')}")
+                     f"OMP_WAIT_POLICY={env.get('omp_wait_policy')}; glibc heap: "
+                     f"{meta.get('allocator', 'default')}")
     commands = meta.get("commands") or [meta.get("command", "?")]
     lines += [f"- Command: `{c}`" for c in commands]
     backends = env.get("backends") or {}

@@ -16,15 +16,14 @@ processes hits every variant alike:
 eagerly and under ``torch.compile`` (default mode).  Ratios are taken within each round (the
 variants' mean step of that round) and the median over rounds is reported, with the load
 average.  glibc's heap is kept steady (``--allocator default``: as it comes; see
-:func:`steady_allocator` for why).  ``--quick``: 3 rounds of 2 steps, eager only (under a
-minute on a 2-core CPU; the compiles alone take minutes there).  ``--profile MODEL`` prints the
-torch.profiler table of the eager student's step instead.
+:func:`benchmarks.common.steady_allocator` for why).  ``--quick``: 3 rounds of 2 steps, eager
+only (under a minute on a 2-core CPU; the compiles alone take minutes there).  ``--profile
+MODEL`` prints the torch.profiler table of the eager student's step instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import platform
@@ -45,6 +44,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from .common import steady_allocator  # noqa: E402
 from .models import MODELS, Spec, batch, student_of, without_batchnorm  # noqa: E402
 
 
@@ -98,26 +98,6 @@ class InProcess:
         f = _faults()
         t = timed(self.step, self.device, n)
         return t, (_faults() - f) / n
-
-
-def steady_allocator() -> bool:
-    """Make glibc's allocator keep its heap (no trimming, blocks up to 32 MiB from the heap).
-
-    With its defaults, glibc returns the top of the heap to the system whenever more than a
-    few MB there are free, and the next step faults those pages back in.  Which model pays
-    depends on the heap's history, not on the model: measured on ResNet-20 (2 threads),
-    timed in one process the student took ~7,300 page faults and ~15 ms of system time a step
-    and its teacher none; each alone in a process, both fault (teacher ~7,000, student
-    ~1,200 to 7,000, varying with the run).  A steady heap times the models' own work.
-    Returns whether the settings were taken (False where there is no glibc).
-    """
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(mallopt(m_trim_threshold, 2**31 - 1)) and bool(
-        mallopt(m_mmap_threshold, 32 * 2**20))
 
 
 def runners(spec: Spec, device: torch.device, compiled: bool, batch_size=None) -> dict:

@@ -7,7 +7,7 @@
 # rewrites the generated block of benchmarks/RESULTS.md (between its BEGIN / END generated
 # markers) and benchmarks/speedup.png.  Every hand-written section of RESULTS.md is kept as it
 # is: update its prose by hand if the new numbers change what it says.  Needs the test extra
-# (the README's test command installs it).  Took 8 min on an idle 2-core machine (the
+# (the README's test command installs it).  Took 4-8 min on an idle 2-core machine (the
 # torch.compile rows recompile for every shape, dtype and mode; the reference rows take seconds
 # per call).  Run it on an otherwise idle machine: the load average is recorded beside the
 # numbers.
