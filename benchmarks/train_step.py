@@ -72,48 +72,32 @@ def variants(spec: Spec, device: torch.device, compiled: bool, batch_size=None):
     return {name: make_step(m, x, y, compiled) for name, m in models.items()}
 
 
-def timed(step, device: torch.device, n: int) -> float:
-    """Mean seconds per step over ``n`` steps."""
+def timed(step, device: torch.device, n: int) -> tuple[float, float]:
+    """Mean seconds and page faults per step over ``n`` steps."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    faults = _faults()
     t = time.perf_counter()
     for _ in range(n):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return (time.perf_counter() - t) / n
+    return (time.perf_counter() - t) / n, (_faults() - faults) / n
 
 
 def _faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource else 0
 
 
-class InProcess:
-    """``runner(n)``: ``n`` steps -> (seconds per step, page faults per step)."""
-
-    def __init__(self, step, device: torch.device):
-        self.step, self.device = step, device
-
-    def __call__(self, n: int) -> tuple[float, float]:
-        f = _faults()
-        t = timed(self.step, self.device, n)
-        return t, (_faults() - f) / n
-
-
-def runners(spec: Spec, device: torch.device, compiled: bool, batch_size=None) -> dict:
-    """``{variant: runner}`` for the steps of :func:`variants`."""
-    return {k: InProcess(step, device)
-            for k, step in variants(spec, device, compiled, batch_size).items()}
-
-
-def measure(runs: dict, rounds: int, per_round: int, warmup: int) -> dict:
-    for run in runs.values():  # warm up (and compile)
-        run(warmup)
-    times = {name: [] for name in runs}
-    faults = {name: [] for name in runs}
+def measure(steps: dict, device, rounds: int, per_round: int, warmup: int) -> dict:
+    for step in steps.values():  # warm up (and compile)
+        for _ in range(warmup):
+            step()
+    times = {name: [] for name in steps}
+    faults = {name: [] for name in steps}
     for _ in range(rounds):
-        for name, run in runs.items():
-            t, f = run(per_round)
+        for name, step in steps.items():
+            t, f = timed(step, device, per_round)
             times[name].append(t)
             faults[name].append(f)
     out = {"median_s": {k: statistics.median(v) for k, v in times.items()},
@@ -204,9 +188,9 @@ def main(argv=None) -> int:
         if not (args.no_compile or args.quick):
             modes.append("compiled")
         for mode in modes:
-            runs = runners(MODELS[name], device, compiled=mode == "compiled",
-                           batch_size=args.batch)
-            r = measure(runs, rounds, per_round, warmup=2)
+            steps = variants(MODELS[name], device, compiled=mode == "compiled",
+                             batch_size=args.batch)
+            r = measure(steps, device, rounds, per_round, warmup=2)
             r.update(model=name, mode=mode,
                      batch=args.batch or MODELS[name].input_shape[0])
             results.append(r)

@@ -2,6 +2,8 @@
 checked: the machine may be shared)."""
 
 import json
+import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,7 +36,8 @@ def test_models_build_students_with_noise_after_each_layer_and_a_teacher_without
 def test_main_writes_ratios_per_model(tmp_path, capsys):
     out = tmp_path / "steps.json"
     argv = ["--models", "resnet20", "--quick", "--rounds", "1", "--batch", "2",
-            "--threads", str(torch.get_num_threads()), "--json", str(out)]
+            "--threads", str(torch.get_num_threads()), "--json", str(out),
+            "--allocator", "default"]  # leave this process's heap settings alone
     assert train_step.main(argv) == 0
     data = json.loads(out.read_text())
     rows = {r["model"]: r for r in data["results"]}
@@ -47,4 +50,16 @@ def test_main_writes_ratios_per_model(tmp_path, capsys):
     assert cost["noise_cost_s"] == pytest.approx(
         cost["median_s"]["student"] - cost["median_s"]["teacher"])
     assert data["meta"]["device"] == "cpu" and "load_before" in data["meta"]
+    assert data["meta"]["allocator"] == "default"
+    assert set(cost["page_faults_per_step"]) == set(cost["median_s"])
+    assert all(f >= 0 for f in cost["page_faults_per_step"].values())
     assert "student/teacher" in capsys.readouterr().out
+
+
+def test_steady_allocator_takes_where_there_is_glibc():
+    """In a process of its own: the settings last for the whole process."""
+    code = "from benchmarks.common import steady_allocator; print(steady_allocator())"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == str(platform.libc_ver()[0] == "glibc")
